@@ -1,0 +1,20 @@
+# xfel-reduce: European XFEL runs -> reduced, validated science data.
+# Entry point: validates the config, then includes one rule file per stage.
+from pathlib import Path
+
+from xfel_reduce.config import validate_config
+
+configfile: "config/config.yaml"
+
+validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/calibration.smk"
+include: "workflow/rules/annotation.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        expand(f"{RESULTS}/r{{run}}/summary.json", run=RUN_IDS),

@@ -1,0 +1,68 @@
+"""Throughput of AGIPD correction and annotation on 1-Mpx frames vs plain numpy.
+
+Prints frames/s for the fused numba kernels and for the numpy references measured
+in the same process, their ratio, and the peak memory of the process.
+
+    python benchmarks/bench_foundation.py [--frames 64] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+
+from xfel_reduce.annotate import AnnotationConfig, frame_stats, frame_stats_reference_numpy
+from xfel_reduce.calibrate.correct import CorrectionConstants, correct, correct_reference_numpy
+from xfel_reduce.calibrate.dark import BadPixelRules  # noqa: F401  (import cost belongs to the library)
+from xfel_reduce.simulate.detector import make_module_truth, raw_frames
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--frames", type=int, default=64, help="1-Mpx frames (16 modules each)")
+    ap.add_argument("--cells", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    truth = make_module_truth(0, args.cells, 1)
+    const = CorrectionConstants(truth.offset, truth.adu_per_photon, np.zeros(truth.offset.shape, np.uint32),
+                                0.5 * (truth.digital[:-1] + truth.digital[1:]))
+    rng = np.random.default_rng(0)
+    n_mod_frames = args.frames * 16  # a 1-Mpx frame is 16 module frames
+    photons = rng.poisson(rng.choice([0.05, 2.0, 150.0], size=(n_mod_frames, 512, 128))).astype(np.float32)
+    cells = np.arange(n_mod_frames) % args.cells
+    raw, _ = raw_frames(truth, photons, cells, rng)
+
+    correct(raw[:16], cells[:16], const)  # compile
+    t_fast = best_of(lambda: correct(raw, cells, const), args.repeat)
+    t_ref = best_of(lambda: correct_reference_numpy(raw, cells, const), args.repeat)
+    print(f"correction : {args.frames / t_fast:8.1f} frames/s (fused kernel)  "
+          f"{args.frames / t_ref:8.1f} frames/s (numpy np.where reference)  ratio {t_ref / t_fast:5.1f}x")
+
+    data, _, mask = correct(raw, cells, const)
+    data = data.reshape(args.frames, 16, 512, 128)
+    mask = mask.reshape(args.frames, 16, 512, 128)
+    present = np.ones((args.frames, 16), bool)
+    cfg = AnnotationConfig()
+    frame_stats(data[:1], mask[:1], present[:1], cfg)  # compile
+    t_fast = best_of(lambda: frame_stats(data, mask, present, cfg), args.repeat)
+    t_ref = best_of(lambda: frame_stats_reference_numpy(data, mask, present, cfg), args.repeat)
+    print(f"annotation : {args.frames / t_fast:8.1f} frames/s (fused kernel)  "
+          f"{args.frames / t_ref:8.1f} frames/s (plain numpy pass)        ratio {t_ref / t_fast:5.1f}x")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory: {peak:.0f} MiB (input {raw.nbytes / 2**20:.0f} MiB raw for {args.frames} frames)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Per-frame annotation: pulse flags, XGM energy, photons, lit pixels, hit flag.
+
+Annotation flags frames, it never drops them: every frame recorded by any module
+gets a row, with ``modules_present`` telling how many modules contributed and
+``beam_data`` telling whether bunch pattern and XGM data exist for its train.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import euxfel_bunch_pattern as bp
+import numba
+import numpy as np
+
+#: Columns of the annotation table, in file order, with their dtypes.
+COLUMNS: dict[str, np.dtype] = {
+    "trainId": np.dtype(np.uint64),
+    "pulseId": np.dtype(np.uint64),
+    "cellId": np.dtype(np.uint16),
+    "xray": np.dtype(np.bool_),
+    "ppl": np.dtype(np.bool_),
+    "pulse_energy": np.dtype(np.float32),
+    "photons": np.dtype(np.float32),
+    "lit_pixels": np.dtype(np.int32),
+    "n_peaks": np.dtype(np.int32),
+    "hit": np.dtype(np.bool_),
+    "hit_threshold": np.dtype(np.float32),
+    "modules_present": np.dtype(np.int16),
+    "beam_data": np.dtype(np.bool_),
+}
+
+PPL_BIT = int(bp.PPL_BITS.LP_SPB)
+
+
+@dataclass
+class AnnotationConfig:
+    """Thresholds of the annotation (all in photons unless stated).
+
+    Attributes
+    ----------
+    photon_threshold
+        Pixel values below this count as zero photons (suppresses read noise).
+    lit_threshold
+        A pixel is lit when its value is at least this.
+    hit_mode
+        ``"fixed"``: hit when ``lit_pixels > hit_threshold``; ``"adaptive"``: hit when
+        ``lit_pixels > median + k·σ_IQR`` of X-ray frames in a sliding window of trains.
+    hit_threshold
+        The fixed threshold (lit pixels).
+    adaptive_k, adaptive_window_trains
+        Parameters of the adaptive threshold (window centred on the frame's train).
+    sase
+        SASE beamline (1–3) whose pulses are the X-ray pulses.
+    ppl_bit
+        Bunch-pattern bit of the pump-probe laser.
+    """
+
+    photon_threshold: float = 0.7
+    lit_threshold: float = 0.7
+    hit_mode: str = "adaptive"
+    hit_threshold: float = 2000.0
+    adaptive_k: float = 5.0
+    adaptive_window_trains: int = 50
+    sase: int = 1
+    ppl_bit: int = PPL_BIT
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "AnnotationConfig":
+        d = d or {}
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown annotation settings: {sorted(unknown)}")
+        return cls(**d)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _frame_stats_kernel(data, mask, present, photon_thr, lit_thr, photons, lit):  # pragma: no cover
+    n_frames, n_mod, ny, nx = data.shape
+    for i in numba.prange(n_frames):
+        s = 0.0
+        n_lit = 0
+        for m in range(n_mod):
+            if not present[i, m]:
+                continue
+            for y in range(ny):
+                for x in range(nx):
+                    if mask[i, m, y, x] == 0:
+                        v = data[i, m, y, x]
+                        if v >= photon_thr:  # NaN compares False
+                            s += v
+                        if v >= lit_thr:
+                            n_lit += 1
+        photons[i] = s
+        lit[i] = n_lit
+
+
+def frame_stats(data: np.ndarray, mask: np.ndarray, present: np.ndarray, cfg: AnnotationConfig):
+    """Photons and lit pixels per frame over good pixels of present modules.
+
+    Parameters
+    ----------
+    data, mask
+        ``(n_frames, n_modules, ny, nx)`` float32 photons and uint32 bad-pixel bits.
+    present
+        ``(n_frames, n_modules)`` bool: module recorded this frame.
+    """
+    n = data.shape[0]
+    photons = np.zeros(n, np.float64)
+    lit = np.zeros(n, np.int64)
+    _frame_stats_kernel(data, mask, present, np.float32(cfg.photon_threshold),
+                        np.float32(cfg.lit_threshold), photons, lit)
+    return photons.astype(np.float32), lit.astype(np.int32)
+
+
+def frame_stats_reference_numpy(data, mask, present, cfg: AnnotationConfig):
+    """Plain numpy version of :func:`frame_stats` (benchmark reference and test oracle)."""
+    good = (mask == 0) & present[:, :, None, None]
+    with np.errstate(invalid="ignore"):
+        photons = np.where(good & (data >= cfg.photon_threshold), data, 0).sum(axis=(1, 2, 3))
+        lit = (good & (data >= cfg.lit_threshold)).sum(axis=(1, 2, 3))
+    return photons.astype(np.float32), lit.astype(np.int32)
+
+
+def pulse_flags(
+    pulse_ids: np.ndarray,
+    frame_train_index: np.ndarray,
+    bunch_tables: np.ndarray,
+    xgm_td: np.ndarray,
+    cfg: AnnotationConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """X-ray flag, PPL flag and pulse energy of each frame.
+
+    Parameters
+    ----------
+    pulse_ids
+        Bunch-table index of each frame.
+    frame_train_index
+        Row of ``bunch_tables``/``xgm_td`` holding each frame's train.
+    bunch_tables
+        ``(n_trains, 2700)`` bunch pattern tables.
+    xgm_td
+        ``(n_trains, n_slots)`` XGM ``intensityTD``: one entry per pulse of the SASE,
+        in pulse order.
+
+    Returns
+    -------
+    xray, ppl, pulse_energy
+        Pulse energy is 0 for frames without X-rays.
+    """
+    table = bunch_tables[frame_train_index, pulse_ids.astype(np.intp)]
+    xray = np.asarray(bp.is_sase(table, cfg.sase))
+    ppl = (table & np.uint32(cfg.ppl_bit)) != 0
+    sase_all = np.asarray(bp.is_sase(bunch_tables, cfg.sase))
+    # The XGM reports SASE pulses in order, so a pulse's energy sits at its rank
+    # among the SASE pulses of its train.
+    rank = np.cumsum(sase_all, axis=1) - 1
+    r = rank[frame_train_index, pulse_ids.astype(np.intp)]
+    energy = np.zeros(pulse_ids.shape, np.float32)
+    ok = xray & (r < xgm_td.shape[1])
+    energy[ok] = xgm_td[frame_train_index[ok], r[ok]]
+    return xray, ppl, energy
+
+
+def hit_thresholds(train_ids: np.ndarray, lit: np.ndarray, xray: np.ndarray, cfg: AnnotationConfig) -> np.ndarray:
+    """Lit-pixel threshold of each frame (fixed, or adaptive over a train window).
+
+    Computed over the whole run so that it does not depend on how the run was split.
+    The adaptive threshold is ``median + k·σ_IQR`` (σ_IQR = IQR / 1.349, robust to the
+    hits themselves) of the X-ray frames of trains within ±window/2 trains.
+    """
+    thr = np.full(lit.shape, cfg.hit_threshold, np.float32)
+    if cfg.hit_mode == "fixed":
+        return thr
+    if cfg.hit_mode != "adaptive":
+        raise ValueError(f"annotation.hit_mode must be 'fixed' or 'adaptive', not {cfg.hit_mode!r}")
+    trains = np.unique(train_ids)
+    pos = np.searchsorted(trains, train_ids)
+    half = max(1, cfg.adaptive_window_trains // 2)
+    order = np.argsort(pos, kind="stable")
+    pos_sorted = pos[order]
+    for t in range(trains.size):
+        lo = np.searchsorted(pos_sorted, t - half, "left")
+        hi = np.searchsorted(pos_sorted, t + half, "right")
+        idx = order[lo:hi]
+        vals = lit[idx][xray[idx]]
+        if vals.size < 3:
+            continue
+        q1, med, q3 = np.percentile(vals, [25, 50, 75])
+        sigma = max((q3 - q1) / 1.349, 1.0)
+        thr[pos == t] = med + cfg.adaptive_k * sigma
+    return thr
+
+
+def empty_table(n: int) -> dict[str, np.ndarray]:
+    return {k: np.zeros(n, dt) for k, dt in COLUMNS.items()}
+
+
+# -- per-sequence pass and per-run gather ------------------------------------------
+IMAGE_CLASSES = ("xray", "laser_on", "laser_off", "dark")
+
+
+def annotate_sequence(reader, cfg: AnnotationConfig, trains_per_chunk: int = 4, progress=None):
+    """One pass over a sequence: the annotation table and mergeable image partials.
+
+    Parameters
+    ----------
+    reader
+        A :class:`xfel_reduce.io.frames.SequenceFrames`.
+
+    Returns
+    -------
+    table
+        Columns of :data:`COLUMNS` (``hit``/``hit_threshold`` are filled per run by
+        :func:`finalise_hits`; ``n_peaks`` is -1 until a peak finder has run).
+    images
+        ``{class: Moments}`` of the images of X-ray frames, laser-on and laser-off
+        X-ray frames, and frames without X-rays (residual dark level).
+    """
+    import time
+
+    from .aggregate import Moments
+
+    n_mod = len(reader.modules)
+    images = {c: Moments((n_mod, 512, 128)) for c in IMAGE_CLASSES}
+    parts = []
+    t0 = time.monotonic()
+    done = 0
+    for chunk in reader.iter_chunks(trains_per_chunk):
+        photons, lit = frame_stats(chunk.data, chunk.mask, chunk.present, cfg)
+        xray, ppl, energy = pulse_flags(chunk.pulse_ids, chunk.train_index, chunk.bunch_tables, chunk.xgm, cfg)
+        beam_ok = chunk.beam_ok[chunk.train_index]
+        t = empty_table(len(chunk))
+        t.update(trainId=chunk.train_ids, pulseId=chunk.pulse_ids, cellId=chunk.cell_ids,
+                 xray=xray & beam_ok, ppl=ppl & beam_ok, pulse_energy=energy,
+                 photons=photons, lit_pixels=lit, modules_present=chunk.present.sum(axis=1),
+                 beam_data=beam_ok)
+        t["n_peaks"][:] = -1
+        parts.append(t)
+        masked = np.where(chunk.mask == 0, chunk.data, np.float32(np.nan))
+        x = t["xray"]
+        for name, sel in (("xray", x), ("laser_on", x & t["ppl"]), ("laser_off", x & ~t["ppl"]),
+                          ("dark", ~x & beam_ok)):
+            if sel.any():
+                images[name].add(masked[sel])
+        done += len(chunk.chunk_train_ids)
+        if progress is not None:
+            el = time.monotonic() - t0
+            progress.info("%d/%d trains annotated (%.1f frames/s)", done, reader.train_ids.size,
+                          sum(len(p["trainId"]) for p in parts) / max(el, 1e-9))
+    table = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, dt) for k, dt in COLUMNS.items()}
+    return table, images
+
+
+def finalise_hits(table: dict[str, np.ndarray], cfg: AnnotationConfig) -> dict[str, np.ndarray]:
+    """Fill ``hit_threshold`` and ``hit`` from the whole run's lit-pixel series."""
+    thr = hit_thresholds(table["trainId"], table["lit_pixels"], table["xray"], cfg)
+    table["hit_threshold"] = thr
+    table["hit"] = table["xray"] & (table["lit_pixels"] > thr)
+    return table
+
+
+def concat_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate tables and sort rows by (trainId, pulseId)."""
+    out = {k: np.concatenate([t[k] for t in tables]) for k in COLUMNS}
+    order = np.lexsort((out["pulseId"], out["trainId"]))
+    return {k: v[order] for k, v in out.items()}

@@ -1,0 +1,168 @@
+"""AGIPD calibration pipeline: dark runs → constants file; RAW sequence → CORR file."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from ..io import sources
+from ..io.euxfel import AtomicH5File, EuXFELWriter
+from ..io.provenance import attach_provenance
+from ..io.runs import InputDataError, iter_module_chunks, open_file
+from .correct import CommonMode, CorrectionConstants, correct
+from .dark import BadPixelRules, CellMoments, DarkConstants, characterise
+
+log = logging.getLogger(__name__)
+MODULE_SHAPE = (512, 128)
+
+
+def _check_gain_mode(run_path: Path, expected_stage: int) -> None:
+    """Refuse a dark run whose recorded gain mode is not the stage it is used for."""
+    das = sorted(run_path.glob("*-DA01-S*.h5"))
+    if not das:
+        return  # no slow data recorded: trust the config
+    f = open_file(das[0])
+    if sources.AGIPD_CONTROL not in f.control_sources:
+        return
+    mode = int(f[sources.AGIPD_CONTROL, "gainModeIndex"].as_single_value())
+    want = sources.GAIN_MODE_FIXED[expected_stage]
+    if mode != want:
+        raise InputDataError(
+            f"dark run {run_path} was recorded with gainModeIndex={mode} but the config uses "
+            f"it for gain stage {expected_stage} (needs gainModeIndex={want}): fix "
+            "calibration.dark_runs in the config"
+        )
+
+
+def characterise_module(
+    dark_runs: Mapping[int, Path],
+    module: int,
+    n_cells: int,
+    rules: BadPixelRules | None = None,
+    trains_per_chunk: int = 16,
+) -> DarkConstants:
+    """Dark constants of one module from one fixed-gain dark run per stage.
+
+    Parameters
+    ----------
+    dark_runs
+        ``{gain_stage: run directory}`` for stages 0, 1, 2.
+    """
+    analog, digital = [], []
+    for stage in sorted(dark_runs):
+        run_path = Path(dark_runs[stage])
+        _check_gain_mode(run_path, stage)
+        files = sorted(run_path.glob(f"RAW-*-AGIPD{module:02d}-S*.h5"))
+        if not files:
+            raise InputDataError(
+                f"dark run {run_path} has no files for module {module}: the module was not "
+                "recorded; remove it from `modules` in the config or take a new dark"
+            )
+        a, d = CellMoments(n_cells, MODULE_SHAPE), CellMoments(n_cells, MODULE_SHAPE)
+        for path in files:
+            for _, _, chunk in iter_module_chunks(path, module, raw=True, trains_per_chunk=trains_per_chunk):
+                a.add(chunk.data[:, 0], chunk.cell_ids)
+                d.add(chunk.data[:, 1], chunk.cell_ids)
+        analog.append(a)
+        digital.append(d)
+    return characterise(analog, digital, rules)
+
+
+def write_constants(path: Path, module: int, dark: DarkConstants, adu_per_photon: np.ndarray, prov: dict) -> None:
+    """Write one module's constants (HDF5, datasets ``(gain, cell, ss, fs)``)."""
+    with AtomicH5File(path) as f:
+        attach_provenance(f, prov)
+        f.attrs["module"] = module
+        for name in ("offset", "noise", "badpixels", "thresholds", "digital_mean", "digital_std", "count"):
+            arr = getattr(dark, name)
+            if arr is not None:
+                f.create_dataset(name, data=arr, compression="gzip", compression_opts=1, shuffle=True)
+        f.create_dataset("adu_per_photon", data=adu_per_photon.astype(np.float32),
+                         compression="gzip", compression_opts=1, shuffle=True)
+        f.attrs["axes"] = "gain, cell, slow_scan, fast_scan"
+
+
+def read_gain_constants(path: Path, module: int) -> np.ndarray:
+    """ADU per photon ``(gain, cell, ss, fs)`` of one module from a gain constants file."""
+    if not Path(path).is_file():
+        raise InputDataError(
+            f"gain constants file {path} not found: set calibration.gain_constants in the "
+            "config to the facility's AGIPD gain constants (ADU per photon per gain stage)"
+        )
+    with h5py.File(path, "r") as f:
+        mods = list(f["modules"][()])
+        if module not in mods:
+            raise InputDataError(f"{path} has no gain constants for module {module} (has {mods})")
+        return f["adu_per_photon"][:, :, mods.index(module)]
+
+
+def load_constants(path: Path, saturation: int = 16383) -> CorrectionConstants:
+    with h5py.File(path, "r") as f:
+        return CorrectionConstants(
+            offset=f["offset"][()],
+            adu_per_photon=f["adu_per_photon"][()],
+            badpixels=f["badpixels"][()],
+            thresholds=f["thresholds"][()],
+            saturation=saturation,
+        )
+
+
+def correct_sequence(
+    raw_path: Path,
+    corr_path: Path,
+    module: int,
+    constants: CorrectionConstants,
+    prov: dict,
+    common_mode: CommonMode | None = None,
+    user_mask: np.ndarray | None = None,
+    trains_per_chunk: int = 8,
+    progress: logging.Logger | None = None,
+) -> dict:
+    """Correct one RAW module sequence file into a CORR file (facility proc layout).
+
+    Returns a small dict of statistics (frames, seconds).
+    """
+    progress = progress or log
+    f = open_file(raw_path)
+    src = sources.RAW_SOURCE.format(module=module)
+    if src not in f.instrument_sources:
+        raise InputDataError(f"{raw_path} has no source {src}: not module {module} of an AGIPD run")
+    tids = np.asarray(f.train_ids, np.uint64)
+    counts = np.asarray(f[src, "image.data"].data_counts(labelled=False), np.uint64)
+    with h5py.File(raw_path, "r") as h5:
+        md = h5["METADATA"]
+        meta = dict(
+            proposal=int(md["proposalNumber"][0]) if "proposalNumber" in md else 0,
+            run=int(md["runNumber"][0]) if "runNumber" in md else 0,
+            sequence=int(md["sequenceNumber"][0]) if "sequenceNumber" in md else 0,
+            run_type="corrected",
+        )
+    out_src = sources.CORR_SOURCE.format(module=module)
+    t0 = time.monotonic()
+    n_frames = 0
+    with EuXFELWriter(corr_path, tids, prov, **meta) as w:
+        w.add_instrument(out_src, counts, {
+            "image.data": (np.float32, MODULE_SHAPE),
+            "image.mask": (np.uint32, MODULE_SHAPE),
+            "image.gain": (np.uint8, MODULE_SHAPE),
+            "image.cellId": (np.uint16, ()),
+            "image.pulseId": (np.uint64, ()),
+        }, chunk_rows=1, compression=None)
+        row = 0
+        for chunk_tids, chunk_counts, chunk in iter_module_chunks(raw_path, module, True, trains_per_chunk):
+            data, gain, mask = correct(chunk.data, chunk.cell_ids, constants,
+                                       common_mode=common_mode, user_mask=user_mask)
+            n = data.shape[0]
+            for key, arr in (("image.data", data), ("image.mask", mask), ("image.gain", gain),
+                             ("image.cellId", chunk.cell_ids), ("image.pulseId", chunk.pulse_ids)):
+                w.write_rows(out_src, key, row, arr)
+            row += n
+            n_frames += n
+            el = time.monotonic() - t0
+            progress.info("module %d: %d frames corrected (%.0f frames/s)", module, n_frames, n_frames / max(el, 1e-9))
+    return {"frames": n_frames, "seconds": time.monotonic() - t0}

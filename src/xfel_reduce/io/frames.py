@@ -1,0 +1,168 @@
+"""Aligned frames of all modules of one sequence, streamed in chunks of trains.
+
+Modules are written by separate DAQ aggregators, so a frame may be missing from
+some modules.  Frames are identified by (trainId, pulseId); the reader builds the
+union over modules, fills missing module data with NaN and a mask bit, and reports
+which modules contributed to each frame.  Beam data (bunch pattern, XGM) of each
+train come from the sequence's DA file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..calibrate.badpixels import BadPixels
+from . import sources
+from .runs import InputDataError, open_file, read_dataset
+
+MODULE_SHAPE = (512, 128)
+_NO_DATA = np.uint32(BadPixels.MODULE_MISSING | BadPixels.VALUE_IS_NAN)
+
+
+@dataclass
+class FrameChunk:
+    """Frames of a few trains, all modules stacked.
+
+    Attributes
+    ----------
+    train_ids, pulse_ids, cell_ids
+        Per frame.
+    data, mask
+        ``(n_frames, n_modules, 512, 128)`` float32 photons / uint32 bad-pixel bits.
+    present
+        ``(n_frames, n_modules)``: module recorded this frame.
+    train_index
+        Per frame: row of ``bunch_tables`` and ``xgm`` holding its train.
+    bunch_tables, xgm, beam_ok
+        Per train of the chunk: bunch pattern table, XGM intensityTD, and whether
+        both were recorded.
+    """
+
+    train_ids: np.ndarray
+    pulse_ids: np.ndarray
+    cell_ids: np.ndarray
+    data: np.ndarray
+    mask: np.ndarray
+    present: np.ndarray
+    train_index: np.ndarray
+    chunk_train_ids: np.ndarray
+    bunch_tables: np.ndarray
+    xgm: np.ndarray
+    beam_ok: np.ndarray
+
+    def __len__(self) -> int:
+        return self.train_ids.size
+
+
+class SequenceFrames:
+    """Reader of one sequence: CORR files of several modules plus the DA file.
+
+    Parameters
+    ----------
+    corr_files
+        ``{module: CORR file path}``; a module whose file is missing raises
+        :class:`InputDataError` (drop it from the config's ``modules`` on purpose).
+    da_file
+        RAW DA file of the same sequence (bunch pattern, XGM).
+    train_ids
+        Optional subset of trains (e.g. to test split invariance).
+    """
+
+    def __init__(self, corr_files: dict[int, Path], da_file: Path | None, train_ids: Sequence[int] | None = None):
+        self.modules = sorted(corr_files)
+        self.files = {m: open_file(corr_files[m]) for m in self.modules}
+        self.paths = {m: Path(corr_files[m]) for m in self.modules}
+        self.sources = {}
+        for m, f in self.files.items():
+            src = sources.CORR_SOURCE.format(module=m)
+            if src not in f.instrument_sources:
+                raise InputDataError(f"{corr_files[m]} has no source {src}: not a CORR file of module {m}")
+            self.sources[m] = f[src]
+        tids = np.unique(np.concatenate([np.asarray(f.train_ids, np.uint64) for f in self.files.values()]))
+        if train_ids is not None:
+            tids = np.intersect1d(tids, np.asarray(train_ids, np.uint64))
+        self.train_ids = tids
+        self.da_path = Path(da_file) if da_file else None
+        self.da = open_file(da_file) if da_file else None
+
+    def _beam(self, tids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from extra_data import by_id
+
+        n = tids.size
+        tables = np.zeros((n, 2700), np.uint32)
+        xgm = np.zeros((n, 1000), np.float32)
+        ok = np.zeros(n, bool)
+        if self.da is None:
+            return tables, xgm, ok
+        for src, key, dest in ((sources.BUNCH_PATTERN_SOURCE, "data.bunchPatternTable", tables),
+                               (sources.XGM_SOURCE, "data.intensityTD", xgm)):
+            if src not in self.da.instrument_sources:
+                continue
+            kd = self.da[src, key].select_trains(by_id[list(tids)])
+            arr = read_dataset(kd, self.da_path, key)
+            have = np.asarray(kd.train_id_coordinates(), np.uint64)
+            rows = np.searchsorted(tids, have)
+            dest[rows, : arr.shape[1]] = arr[:, : dest.shape[1]]
+        have_bp = self._has(sources.BUNCH_PATTERN_SOURCE, tids)
+        have_xgm = self._has(sources.XGM_SOURCE, tids)
+        ok[:] = have_bp & have_xgm
+        return tables, xgm, ok
+
+    def _has(self, src: str, tids: np.ndarray) -> np.ndarray:
+        if src not in self.da.instrument_sources:
+            return np.zeros(tids.size, bool)
+        from extra_data import by_id
+        counts = self.da[src].select_trains(by_id[list(tids)]).data_counts(labelled=True)
+        have = np.asarray(counts.index[counts.values > 0], np.uint64)
+        return np.isin(tids, have)
+
+    def iter_chunks(self, trains_per_chunk: int = 4) -> Iterator[FrameChunk]:
+        from extra_data import by_id
+
+        n_mod = len(self.modules)
+        for start in range(0, self.train_ids.size, trains_per_chunk):
+            tids = self.train_ids[start:start + trains_per_chunk]
+            per_mod = {}
+            keys = set()
+            for m in self.modules:
+                sd = self.sources[m].select_trains(by_id[list(tids)])
+                counts = np.asarray(sd["image.data"].data_counts(labelled=False), np.int64)
+                have_t = np.asarray(sd["image.data"].train_id_coordinates(), np.uint64)
+                pid = read_dataset(sd["image.pulseId"], self.paths[m], "image.pulseId").reshape(-1).astype(np.uint64)
+                per_mod[m] = (sd, have_t, pid)
+                keys.update(zip(have_t.tolist(), pid.tolist()))
+                del counts
+            frame_keys = np.array(sorted(keys), dtype=np.uint64).reshape(-1, 2)
+            n = frame_keys.shape[0]
+            data = np.full((n, n_mod) + MODULE_SHAPE, np.nan, np.float32)
+            mask = np.full((n, n_mod) + MODULE_SHAPE, _NO_DATA, np.uint32)
+            present = np.zeros((n, n_mod), bool)
+            cells = np.zeros(n, np.uint16)
+            # Encode (train, pulse) as one sortable key to find each module row's frame.
+            key_all = frame_keys[:, 0] * np.uint64(1 << 16) + frame_keys[:, 1]
+            for j, m in enumerate(self.modules):
+                sd, have_t, pid = per_mod[m]
+                if pid.size == 0:
+                    continue
+                rows = np.searchsorted(key_all, have_t * np.uint64(1 << 16) + pid)
+                data[rows, j] = read_dataset(sd["image.data"], self.paths[m], "image.data")
+                mask[rows, j] = read_dataset(sd["image.mask"], self.paths[m], "image.mask")
+                cells[rows] = read_dataset(sd["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
+                present[rows, j] = True
+            tables, xgm, ok = self._beam(tids)
+            yield FrameChunk(
+                train_ids=frame_keys[:, 0].copy(),
+                pulse_ids=frame_keys[:, 1].copy(),
+                cell_ids=cells,
+                data=data,
+                mask=mask,
+                present=present,
+                train_index=np.searchsorted(tids, frame_keys[:, 0]),
+                chunk_train_ids=tids,
+                bunch_tables=tables,
+                xgm=xgm,
+                beam_ok=ok,
+            )

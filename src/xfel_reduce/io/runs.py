@@ -1,0 +1,140 @@
+"""Run discovery and reading EuXFEL files with clear errors.
+
+Everything that opens input data goes through here so that a missing run, a missing
+module, a truncated file or a train with missing frames is reported in the same
+words: what, where (file, train), and what to do about it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import sources
+
+
+class InputDataError(RuntimeError):
+    """Input data are missing, corrupt or inconsistent (message says what to do)."""
+
+
+_SEQ_RE = re.compile(r"^(RAW|CORR)-R(\d{4})-(\w+?)-S(\d{5})\.h5$")
+
+
+def run_dir(base: str | Path, kind: str, run: int) -> Path:
+    """``<base>/<raw|proc>/r0042``."""
+    return Path(base) / kind / f"r{int(run):04d}"
+
+
+def require_run_dir(path: Path, what: str = "run") -> Path:
+    if not path.is_dir():
+        raise InputDataError(
+            f"{what} directory {path} does not exist: check the run number and "
+            "`proposal_dir` in the config (is the run transferred? is it a typo?)"
+        )
+    return path
+
+
+def list_sequences(run_path: Path, aggregator: str = "AGIPD00") -> list[int]:
+    """Sequence numbers present for one aggregator (file listing only)."""
+    seqs = []
+    for p in Path(run_path).glob(f"*-{aggregator}-S*.h5"):
+        m = _SEQ_RE.match(p.name)
+        if m:
+            seqs.append(int(m.group(4)))
+    return sorted(seqs)
+
+
+def open_file(path: str | Path, train_hint: str = ""):
+    """``extra_data.H5File`` with a clear error for missing or corrupt files."""
+    import extra_data
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(
+            f"missing input file {path}{train_hint}: the module or sequence was not "
+            "recorded or not transferred. Exclude it in the config "
+            "(`modules` / `exclude_sequences`) or restore the file."
+        )
+    try:
+        return extra_data.H5File(str(path))
+    except Exception as err:  # h5py raises OSError/KeyError variants for damage
+        raise InputDataError(
+            f"cannot read {path}: {type(err).__name__}: {err}. The file is truncated or "
+            "corrupt — re-transfer it, or exclude this sequence in the config "
+            "(`exclude_sequences`)."
+        ) from err
+
+
+def read_dataset(keydata, path: Path, what: str) -> np.ndarray:
+    """Read an extra-data KeyData, turning HDF5 read failures into clear errors."""
+    try:
+        return keydata.ndarray()
+    except Exception as err:
+        trains = keydata.train_ids
+        span = f"trains {trains[0]}–{trains[-1]}" if len(trains) else "no trains"
+        raise InputDataError(
+            f"cannot read {what} from {path} ({span}): {type(err).__name__}: {err}. "
+            "The file is truncated or corrupt — re-transfer it or exclude the sequence."
+        ) from err
+
+
+@dataclass
+class ModuleChunk:
+    """Frames of one module for a set of trains."""
+
+    module: int
+    train_ids: np.ndarray  # per frame
+    pulse_ids: np.ndarray
+    cell_ids: np.ndarray
+    data: np.ndarray  # raw: (n, 2, 512, 128) uint16; corr: (n, 512, 128) float32
+    mask: np.ndarray | None = None
+    gain: np.ndarray | None = None
+
+
+def iter_module_chunks(
+    path: Path,
+    module: int,
+    raw: bool = True,
+    trains_per_chunk: int = 8,
+    train_ids: Sequence[int] | None = None,
+    source: str | None = None,
+) -> Iterable[tuple[np.ndarray, np.ndarray, ModuleChunk]]:
+    """Stream one module sequence file in chunks of trains.
+
+    Yields ``(chunk_train_ids, counts_per_train, ModuleChunk)``; memory is bounded
+    by ``trains_per_chunk``.
+    """
+    f = open_file(path)
+    src = source or (sources.RAW_SOURCE if raw else sources.CORR_SOURCE).format(module=module)
+    if src not in f.instrument_sources:
+        raise InputDataError(
+            f"{path} has no source {src} (found {sorted(f.instrument_sources)}): "
+            "wrong detector/source name in the config, or not an AGIPD file."
+        )
+    if train_ids is not None:
+        from extra_data import by_id
+        f = f.select_trains(by_id[list(train_ids)])
+    sd = f[src]
+    tids_all = np.asarray(f.train_ids, dtype=np.uint64)
+    for start in range(0, len(tids_all), trains_per_chunk):
+        tids = tids_all[start:start + trains_per_chunk]
+        from extra_data import by_id
+        part = sd.select_trains(by_id[list(tids)])
+        counts = np.asarray(part["image.data"].data_counts(labelled=False), dtype=np.int64)
+        keys = ["image.data", "image.cellId", "image.pulseId"]
+        if not raw:
+            keys += ["image.mask", "image.gain"]
+        arrays = {k: read_dataset(part[k], path, k) for k in keys}
+        row_tids = np.repeat(tids, counts)
+        yield tids, counts, ModuleChunk(
+            module=module,
+            train_ids=row_tids,
+            pulse_ids=arrays["image.pulseId"].reshape(-1).astype(np.uint64),
+            cell_ids=arrays["image.cellId"].reshape(-1).astype(np.uint16),
+            data=arrays["image.data"],
+            mask=arrays.get("image.mask"),
+            gain=arrays.get("image.gain"),
+        )

@@ -1,0 +1,27 @@
+"""EuXFEL source names used at SPB with the AGIPD 1M (overridable in the config)."""
+from __future__ import annotations
+
+DETECTOR = "SPB_DET_AGIPD1M-1"
+RAW_SOURCE = DETECTOR + "/DET/{module}CH0:xtdf"
+CORR_SOURCE = DETECTOR + "/CORR/{module}CH0:output"
+AGIPD_CONTROL = "SPB_IRU_AGIPD1M1/MDL/FPGA_COMP"
+XGM_SOURCE = "SPB_XTD9_XGM/XGM/DOOCS:output"
+XGM_CONTROL = "SPB_XTD9_XGM/XGM/DOOCS"
+BUNCH_PATTERN_SOURCE = "SPB_RR_SYS/TSYS/UTC-1-S2:outputBunchPattern"
+ANNOTATION_SOURCE = "SPB_XFEL_REDU/ANNOTATION/FRAMES:output"
+
+#: AGIPD ``gainModeIndex``: 0 adaptive, then fixed high, medium, low gain.
+GAIN_MODE_ADAPTIVE = 0
+GAIN_MODE_FIXED = {0: 1, 1: 2, 2: 3}
+
+
+def raw_filename(run: int, module: int, sequence: int) -> str:
+    return f"RAW-R{run:04d}-AGIPD{module:02d}-S{sequence:05d}.h5"
+
+
+def da_filename(run: int, sequence: int) -> str:
+    return f"RAW-R{run:04d}-DA01-S{sequence:05d}.h5"
+
+
+def corr_filename(run: int, module: int, sequence: int) -> str:
+    return f"CORR-R{run:04d}-AGIPD{module:02d}-S{sequence:05d}.h5"

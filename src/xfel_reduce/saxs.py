@@ -1,0 +1,1123 @@
+"""SAXS/WAXS: batched azimuthal integration, run averages and sphere fits.
+
+The reduction of a SAXS run is one azimuthal integration per detector frame
+(hundreds of frames per train, ten trains per second), so the integration has to
+be much faster than calling :meth:`pyFAI.AzimuthalIntegrator.integrate1d` frame by
+frame, while giving exactly pyFAI's answer.
+
+How the engine works
+--------------------
+pyFAI's sparse ("CSR") integrators describe the whole integration as a matrix
+``A`` of shape ``(n_bins, n_pixels)``: ``A[b, p]`` is the fraction of pixel ``p``
+that falls into bin ``b`` (1 or 0 without pixel splitting, fractions with
+bounding-box splitting).  For one frame pyFAI computes, per bin,
+
+* ``signal = Σ_p A[b,p]·x_p``  (masked / non-finite pixels contribute nothing),
+* ``norm   = Σ_p A[b,p]·ω_p`` with ``ω = flat × polarisation × solid angle``,
+* ``var    = Σ_p A[b,p]²·max(1, x_p)`` (pyFAI's ``error_model="poisson"``),
+
+and returns ``I = signal / norm`` and ``σ = √var / norm``.
+
+:class:`AzimuthalEngine` lets pyFAI build that very matrix (one ``integrate1d``
+call at construction, so binning, range, mask and splitting are pyFAI's own),
+stores it column-wise (per pixel: the bins it feeds and the fractions), and then
+applies it to a whole batch of frames in one compiled pass that streams each frame
+from memory once and scatter-adds into per-frame bin accumulators that stay in the
+CPU cache.  Per-frame dynamic masks (AGIPD CORR masks change with memory cell and
+gain stage) and NaNs are honoured exactly as pyFAI's preprocessing does.
+
+Run averages
+------------
+:class:`SaxsAccumulator` keeps per-bin sums (count, ΣI, ΣI², Σσ²) for all X-ray
+frames, laser-on and laser-off frames, plus a per-pixel sum image for the 2-D
+average.  Sums are exactly mergeable, so the run result does not depend on how the
+run was split into chunks.  (It is deliberately not built on
+``aggregate.Moments``: bins can be empty in single frames because of dynamic
+masks, and the per-bin valid-frame count must follow that.)
+
+Model
+-----
+:func:`sphere_form_factor` and :func:`fit_sphere` fit a monodisperse homogeneous
+sphere plus a flat (or quadratic) background to I(q).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from numba import njit, prange
+
+__all__ = [
+    "AzimuthalEngine",
+    "SaxsAccumulator",
+    "sphere_form_factor",
+    "sphere_intensity",
+    "sphere_volume_nm3",
+    "fit_sphere",
+    "iter_corr_frames",
+    "read_annotation",
+    "integrate_chunk",
+    "gather_partials",
+]
+
+#: Units understood by the engine (pyFAI unit names).
+SUPPORTED_UNITS = ("q_nm^-1", "q_A^-1", "2th_deg", "2th_rad")
+
+
+# --------------------------------------------------------------------------
+# compiled kernel
+# --------------------------------------------------------------------------
+# Both kernels return, per frame and bin, Σc·x, Σc²·max(1, x) over valid pixels and
+# — only over pixels that are invalid *in this frame* (NaN/inf or mask bit set) —
+# Σc·ω and the number of matrix entries.  The caller subtracts those from the
+# static sums: invalid pixels are rare, so the normalisation is free for clean
+# frames and one cache line per scatter holds everything a valid pixel touches.
+# Frames are processed one per task (prange): each frame row is streamed once,
+# the bin accumulators (npt × 2 float64) stay in L1/L2.  Blocking several frames
+# per pixel pass was measured slower (strided rows defeat the prefetcher).
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _scatter_nosplit(frames, mask, use_mask, bins, wpix, n_bins, out):  # pragma: no cover - numba
+    """No pixel splitting: pixel ``p`` goes wholly to bin ``bins[p]`` (−1 = none)."""
+    n_frames = frames.shape[0]
+    n_pix = frames.shape[1]
+    one = np.float32(1.0)
+    for f in prange(n_frames):
+        acc = np.zeros((n_bins, 2), dtype=np.float64)
+        bad = np.zeros((n_bins, 2), dtype=np.float64)
+        row = frames[f]
+        mrow = mask[f] if use_mask else mask[0]
+        for p in range(n_pix):
+            b = bins[p]
+            if b < 0:
+                continue
+            x = row[p]
+            # x − x is 0 only for finite x: pyFAI's preprocessing drops NaN/inf
+            if (x - x == 0.0) and (not use_mask or mrow[p] == 0):
+                acc[b, 0] += x
+                acc[b, 1] += max(x, one)
+            else:
+                bad[b, 0] += wpix[p]
+                bad[b, 1] += 1.0
+        for b in range(n_bins):
+            out[f, 0, b] = acc[b, 0]
+            out[f, 1, b] = acc[b, 1]
+            out[f, 2, b] = bad[b, 0]
+            out[f, 3, b] = bad[b, 1]
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _scatter_banded(frames, mask, use_mask, first, coefs, wcoefs, n_bins, out):  # pragma: no cover - numba
+    """Split matrix whose pixels each feed a run of consecutive bins.
+
+    Bounding-box splitting along one radial axis always gives such runs; pixel
+    ``p`` feeds bins ``first[p] … first[p]+K−1`` with ``coefs[p, :]`` (zero
+    padded).  Fixed-width rows need no per-pixel pointer and let the compiler
+    unroll the short inner loop — measured ~25 % faster than the generic CSC loop.
+    """
+    n_frames = frames.shape[0]
+    n_pix = frames.shape[1]
+    width = coefs.shape[1]
+    one = np.float32(1.0)
+    for f in prange(n_frames):
+        acc = np.zeros((n_bins + width, 2), dtype=np.float64)
+        bad = np.zeros((n_bins + width, 2), dtype=np.float64)
+        row = frames[f]
+        mrow = mask[f] if use_mask else mask[0]
+        for p in range(n_pix):
+            r = first[p]
+            if r < 0:
+                continue
+            x = row[p]
+            if (x - x == 0.0) and (not use_mask or mrow[p] == 0):
+                v = max(x, one)
+                for j in range(width):
+                    c = coefs[p, j]
+                    acc[r + j, 0] += c * x
+                    acc[r + j, 1] += c * c * v
+            else:
+                for j in range(width):
+                    bad[r + j, 0] += wcoefs[p, j]
+                    bad[r + j, 1] += 1.0 if coefs[p, j] != 0 else 0.0
+        for b in range(n_bins):
+            out[f, 0, b] = acc[b, 0]
+            out[f, 1, b] = acc[b, 1]
+            out[f, 2, b] = bad[b, 0]
+            out[f, 3, b] = bad[b, 1]
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _scatter_csc(frames, mask, use_mask, colptr, rows, coefs, wcoefs, n_bins, out):  # pragma: no cover - numba
+    """General (split) matrix stored by pixel: entries ``colptr[p]:colptr[p+1]``."""
+    n_frames = frames.shape[0]
+    n_pix = frames.shape[1]
+    one = np.float32(1.0)
+    for f in prange(n_frames):
+        acc = np.zeros((n_bins, 2), dtype=np.float64)
+        bad = np.zeros((n_bins, 2), dtype=np.float64)
+        row = frames[f]
+        mrow = mask[f] if use_mask else mask[0]
+        for p in range(n_pix):
+            k0 = colptr[p]
+            k1 = colptr[p + 1]
+            if k0 == k1:
+                continue
+            x = row[p]
+            if (x - x == 0.0) and (not use_mask or mrow[p] == 0):
+                v = max(x, one)
+                for k in range(k0, k1):
+                    c = coefs[k]
+                    r = rows[k]
+                    acc[r, 0] += c * x
+                    acc[r, 1] += c * c * v
+            else:
+                for k in range(k0, k1):
+                    r = rows[k]
+                    bad[r, 0] += wcoefs[k]
+                    bad[r, 1] += 1.0
+        for b in range(n_bins):
+            out[f, 0, b] = acc[b, 0]
+            out[f, 1, b] = acc[b, 1]
+            out[f, 2, b] = bad[b, 0]
+            out[f, 3, b] = bad[b, 1]
+    return out
+
+
+# --------------------------------------------------------------------------
+# engine
+# --------------------------------------------------------------------------
+class AzimuthalEngine:
+    """Batched azimuthal integration equal to pyFAI ``integrate1d`` (CSR).
+
+    Build with :meth:`from_geometry` (or :meth:`from_integrator`), once per run, and
+    reuse for every chunk of frames.
+
+    Attributes
+    ----------
+    radial : numpy.ndarray
+        Bin centres in ``unit`` (q in nm⁻¹ by default).
+    unit : str
+        pyFAI unit name of ``radial``.
+    npt : int
+        Number of bins.
+    frame_shape : tuple
+        Shape of one frame, e.g. ``(n_modules, 512, 128)``.
+    pixel_normalisation : numpy.ndarray
+        ω = flat × polarisation × solid angle per pixel (pyFAI's relative solid
+        angle, 1 at normal incidence), 0 where statically masked; frame shape.
+    radial_map : numpy.ndarray
+        Radial coordinate (``unit``) of every pixel centre, frame shape.
+    """
+
+    def __init__(
+        self,
+        integrator,
+        npt: int,
+        frame_shape: Sequence[int],
+        *,
+        unit: str = "q_nm^-1",
+        radial_range: tuple[float, float] | None = None,
+        split: str = "no",
+        mask: np.ndarray | None = None,
+        solid_angle: bool = True,
+        polarisation: float | None = 0.99,
+        flat: np.ndarray | None = None,
+    ):
+        from pyFAI.method_registry import IntegrationMethod
+        from scipy import sparse
+
+        if split not in ("no", "bbox"):
+            raise ValueError(f"split must be 'no' or 'bbox', got {split!r}")
+        if unit not in SUPPORTED_UNITS:
+            raise ValueError(f"unit must be one of {SUPPORTED_UNITS}, got {unit!r}")
+        if int(npt) < 1:
+            raise ValueError(f"npt must be a positive number of bins, got {npt}")
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self.image_shape = tuple(integrator.detector.shape)
+        n_pix = int(np.prod(self.frame_shape))
+        if n_pix != int(np.prod(self.image_shape)):
+            raise ValueError(
+                f"frame shape {self.frame_shape} does not match the pyFAI detector "
+                f"shape {self.image_shape}: build the engine for the modules present in the data"
+            )
+        self.integrator = integrator
+        self.npt = int(npt)
+        self.unit = unit
+        self.split = split
+        self.radial_range = tuple(radial_range) if radial_range is not None else None
+        self.solid_angle = bool(solid_angle)
+        self.polarisation = polarisation
+        self.method = (split, "csr", "cython")
+        static_mask = None
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.size != n_pix:
+                raise ValueError(f"static mask has {mask.size} pixels, frames have {n_pix}")
+            static_mask = (mask.reshape(self.image_shape) != 0).astype(np.int8)
+        self.static_mask = static_mask
+        self.flat = None if flat is None else np.asarray(flat, dtype=np.float32).reshape(self.image_shape)
+
+        # Let pyFAI build its own CSR matrix by integrating once, exactly as a user
+        # would; the matrix, bin centres and range are then pyFAI's by construction.
+        probe = np.ones(self.image_shape, dtype=np.float32)
+        res = integrator.integrate1d(
+            probe, self.npt, unit=unit, radial_range=self.radial_range, mask=static_mask,
+            method=self.method, correctSolidAngle=self.solid_angle,
+            polarization_factor=polarisation, flat=self.flat, error_model="poisson",
+        )
+        key = IntegrationMethod.select_method(1, split, "csr", "cython")[0]
+        cy = integrator.engines[key].engine
+        data, indices, indptr = (np.asarray(a) for a in cy.lut)
+        self.radial = np.asarray(res.radial, dtype=np.float64)
+        csr = sparse.csr_matrix((data, indices, indptr), shape=(self.npt, n_pix))
+        csc = csr.tocsc()
+        csc.sort_indices()
+        self._colptr = csc.indptr.astype(np.int64)
+        self._rows = csc.indices.astype(np.int32)
+        self._coefs = csc.data.astype(np.float32)
+        self.nnz = int(csc.nnz)
+
+        # ω exactly as pyFAI's preprocessing forms it (float32, same factors).
+        norm = np.ones(self.image_shape, dtype=np.float32)
+        if self.flat is not None:
+            norm *= self.flat
+        if polarisation is not None:
+            norm *= integrator.polarization(self.image_shape, float(polarisation)).astype(np.float32)
+        if self.solid_angle:
+            norm *= integrator.solidAngleArray(self.image_shape).astype(np.float32)
+        if static_mask is not None:
+            norm[static_mask != 0] = 0.0
+        norm[~np.isfinite(norm)] = 0.0
+        self._pix_norm = np.ascontiguousarray(norm.ravel())
+        # per matrix entry c·ω; statically masked pixels have ω = 0 and are
+        # dropped from the matrix entirely so they never count as "valid"
+        pix_of_entry = np.repeat(np.arange(n_pix), np.diff(self._colptr))
+        keep = self._pix_norm[pix_of_entry] != 0
+        if not keep.all():
+            counts = np.bincount(pix_of_entry[keep], minlength=n_pix)
+            self._colptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            self._rows = self._rows[keep]
+            self._coefs = self._coefs[keep]
+            pix_of_entry = pix_of_entry[keep]
+        self._wcoefs = (self._coefs.astype(np.float64) * self._pix_norm[pix_of_entry]).astype(np.float64)
+        self._static_norm = np.bincount(self._rows, self._wcoefs, minlength=self.npt)
+        self._static_entries = np.bincount(self._rows, minlength=self.npt).astype(np.float64)
+        self._colptr = self._colptr.astype(np.int32 if self.nnz < 2**31 else np.int64)
+        # Without splitting every pixel feeds at most one bin with weight 1: a plain
+        # bin index per pixel halves the memory the kernel streams per frame.
+        n_per_pix = np.diff(self._colptr)
+        self._nosplit = bool(n_per_pix.max(initial=0) <= 1 and np.all(self._coefs == 1.0))
+        if self._nosplit:
+            bins = np.full(n_pix, -1, dtype=np.int32)
+            bins[n_per_pix == 1] = self._rows
+            self._bins = bins
+        self._banded = False
+        if not self._nosplit and self.nnz:
+            # bbox splitting along q feeds consecutive bins: store (first bin, K coefs)
+            colptr = self._colptr.astype(np.int64)
+            pix = np.repeat(np.arange(n_pix), n_per_pix)
+            offset = np.arange(self.nnz) - colptr[:-1][pix]
+            first = np.full(n_pix, -1, dtype=np.int32)
+            has = n_per_pix > 0
+            first[has] = self._rows[colptr[:-1][has]]
+            width = int(n_per_pix.max())
+            if np.array_equal(self._rows, first[pix] + offset) and width <= 8:
+                self._banded = True
+                self._first = first
+                self._band_coefs = np.zeros((n_pix, width), np.float32)
+                self._band_coefs[pix, offset] = self._coefs
+                self._band_wcoefs = np.zeros((n_pix, width), np.float64)
+                self._band_wcoefs[pix, offset] = self._wcoefs
+        self.pixel_normalisation = norm.reshape(self.frame_shape)
+        scale = _unit_scale(unit)
+        self.radial_map = (integrator.center_array(self.image_shape, unit=unit, scale=False) * scale).reshape(
+            self.frame_shape
+        )
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def from_geometry(
+        cls,
+        geom,
+        distance_m: float,
+        photon_energy_kev: float,
+        npt: int,
+        q_range: tuple[float, float] | None = None,
+        unit: str = "q_nm^-1",
+        split: str = "no",
+        mask: np.ndarray | None = None,
+        solid_angle: bool = True,
+        polarisation: float | None = 0.99,
+        modules: Sequence[int] | None = None,
+        flat: np.ndarray | None = None,
+    ) -> "AzimuthalEngine":
+        """Engine for an extra-geom geometry (beam centre at the origin).
+
+        Parameters
+        ----------
+        geom
+            extra-geom geometry, e.g. from :func:`xfel_reduce.geometry.geometry_from_config`.
+        distance_m, photon_energy_kev
+            Sample–detector distance and photon energy.
+        npt
+            Number of radial bins.
+        q_range
+            ``(min, max)`` of the radial axis in ``unit``; ``None`` = pyFAI's default
+            (range of the unmasked pixels).
+        unit
+            ``"q_nm^-1"`` (default), ``"q_A^-1"``, ``"2th_deg"`` or ``"2th_rad"``.
+        split
+            ``"no"`` (pixel centre) or ``"bbox"`` (bounding-box pixel splitting).
+        mask
+            Static mask, frame shape or ``(n_mod·512, 128)``; non-zero = excluded
+            (CORR BadPixels that are bad in every cell, user mask).
+        solid_angle
+            Divide by the pixel solid angle (relative, pyFAI convention).
+        polarisation
+            pyFAI polarisation factor (−1 vertical … +1 horizontal; ``None`` = no
+            correction).  Equals ``2·f_h − 1`` for a horizontal fraction ``f_h``.
+        modules
+            Module numbers in the order frames are stacked; ``None`` = all.
+        flat
+            Optional flat-field (relative efficiency) per pixel.
+        """
+        from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+        from .geometry import pyfai_detector, wavelength_nm
+
+        det = pyfai_detector(geom, modules)
+        ai = AzimuthalIntegrator(
+            dist=float(distance_m), poni1=0.0, poni2=0.0, detector=det,
+            wavelength=wavelength_nm(photon_energy_kev) * 1e-9,
+        )
+        n_mod = len(modules) if modules is not None else geom.n_modules
+        rows = det.shape[0] // n_mod
+        return cls(
+            ai, npt, (n_mod, rows, det.shape[1]), unit=unit, radial_range=q_range, split=split,
+            mask=mask, solid_angle=solid_angle, polarisation=polarisation, flat=flat,
+        )
+
+    @classmethod
+    def from_integrator(cls, integrator, npt: int, **kwargs: Any) -> "AzimuthalEngine":
+        """Engine for an existing pyFAI integrator; frames have the detector shape."""
+        return cls(integrator, npt, integrator.detector.shape, **kwargs)
+
+    # ------------------------------------------------------------------
+    def integrate_sums(self, frames: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Per-bin sums for a batch of frames.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64 ``(N, 3, npt)``: Σc·x (signal), Σc²·max(1,x) (Poisson variance)
+            and Σc·ω (normalisation) — pyFAI's ``sum_signal``, ``sum_variance`` and
+            ``sum_normalization``.
+        """
+        x = self._as_batch(frames)
+        n = x.shape[0]
+        if mask is not None:
+            m = np.asarray(mask)
+            if m.shape[0] != n or m[0].size != x.shape[1]:
+                raise ValueError(f"mask shape {m.shape} does not match frames {np.shape(frames)}")
+            if m.dtype == np.bool_:
+                m = m.view(np.uint8)
+            m = np.ascontiguousarray(m.reshape(n, -1))
+            use_mask = True
+        else:
+            m = np.zeros((1, 1), dtype=np.uint8)
+            use_mask = False
+        raw = np.empty((n, 4, self.npt), dtype=np.float64)
+        if n:
+            if self._nosplit:
+                _scatter_nosplit(x, m, use_mask, self._bins, self._pix_norm, self.npt, raw)
+            elif self._banded:
+                _scatter_banded(x, m, use_mask, self._first, self._band_coefs, self._band_wcoefs, self.npt, raw)
+            else:
+                _scatter_csc(x, m, use_mask, self._colptr, self._rows, self._coefs, self._wcoefs, self.npt, raw)
+        out = np.empty((n, 3, self.npt), dtype=np.float64)
+        out[:, :2] = raw[:, :2]
+        out[:, 2] = self._static_norm - raw[:, 2]
+        # a bin whose every entry is invalid in this frame is empty: force 0 so
+        # float cancellation cannot leave a tiny positive normalisation
+        out[:, 2][self._static_entries - raw[:, 3] <= 0] = 0.0
+        return out
+
+    def integrate(
+        self, frames: np.ndarray, mask: np.ndarray | None = None, empty: float = np.nan
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Azimuthally integrate a batch of frames.
+
+        Parameters
+        ----------
+        frames
+            ``(N, *frame_shape)`` (or one frame) in photons, float32 preferred.
+        mask
+            Optional per-frame mask of the same shape (any integer/bool dtype,
+            non-zero = bad), e.g. CORR ``image.mask``.  Combined with the static mask.
+        empty
+            Value for bins without any valid pixel (pyFAI uses 0; NaN is the
+            honest choice for averaging and fitting).
+
+        Returns
+        -------
+        intensity, sigma : numpy.ndarray
+            float64 ``(N, npt)``: ``I = Σc·x / Σc·ω`` and Poisson ``σ = √Σc²·max(1,x) / Σc·ω``.
+        """
+        sums = self.integrate_sums(frames, mask)
+        return self.sums_to_profile(sums, empty)
+
+    @staticmethod
+    def sums_to_profile(sums: np.ndarray, empty: float = np.nan) -> tuple[np.ndarray, np.ndarray]:
+        """Turn :meth:`integrate_sums` output into (I, σ)."""
+        sig, var, nrm = sums[:, 0], sums[:, 1], sums[:, 2]
+        good = nrm > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            intensity = np.where(good, sig / nrm, empty)
+            sigma = np.where(good, np.sqrt(var) / nrm, empty)
+        return intensity, sigma
+
+    def _as_batch(self, frames: np.ndarray) -> np.ndarray:
+        x = np.asarray(frames)
+        n_pix = int(np.prod(self.frame_shape))
+        if x.shape in (self.frame_shape, self.image_shape):
+            x = x[np.newaxis]  # a single frame
+        if x.ndim < 2 or x.shape[0] == 0 and x.size == 0:
+            return np.zeros((0, n_pix), np.float32)
+        if x[0].size != n_pix:
+            raise ValueError(
+                f"frames of shape {x.shape} do not match the engine's frame shape {self.frame_shape}"
+            )
+        x = x.reshape(x.shape[0], n_pix)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        return np.ascontiguousarray(x)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description (goes into output metadata)."""
+        return {
+            "npt": self.npt, "unit": self.unit, "split": self.split,
+            "radial_range": list(self.radial_range) if self.radial_range else None,
+            "radial_min": float(self.radial[0]), "radial_max": float(self.radial[-1]),
+            "solid_angle": self.solid_angle, "polarisation_factor": self.polarisation,
+            "distance_m": float(self.integrator.dist), "wavelength_m": float(self.integrator.wavelength),
+            "nnz": self.nnz, "frame_shape": list(self.frame_shape),
+            "error_model": "poisson (pyFAI: variance = max(1, counts))",
+        }
+
+
+def _unit_scale(unit: str) -> float:
+    from pyFAI import units
+
+    return float(units.to_unit(unit).scale)
+
+
+# --------------------------------------------------------------------------
+# run averages
+# --------------------------------------------------------------------------
+GROUPS = ("all", "on", "off")
+
+
+@dataclass
+class SaxsAccumulator:
+    """Mergeable per-chunk partial of a SAXS run.
+
+    For each group (``all`` X-ray frames, laser ``on``, laser ``off``) and bin:
+    number of frames with a valid value, ΣI, ΣI² and Σσ² (float64).  Plus per-pixel
+    Σ photons and number of valid frames for the 2-D average image.
+
+    Parameters
+    ----------
+    radial
+        Bin centres; partials with different axes refuse to merge.
+    frame_shape
+        Detector frame shape for the 2-D sum image (``None`` to skip it).
+    xgm_normalised
+        Whether the profiles given to :meth:`add` are divided by pulse energy
+        (recorded so a gather cannot mix normalised and raw partials).
+    """
+
+    radial: np.ndarray
+    frame_shape: tuple[int, ...] | None = None
+    xgm_normalised: bool = False
+    n: dict[str, np.ndarray] = field(default_factory=dict)
+    s1: dict[str, np.ndarray] = field(default_factory=dict)
+    s2: dict[str, np.ndarray] = field(default_factory=dict)
+    sv: dict[str, np.ndarray] = field(default_factory=dict)
+    frames: dict[str, int] = field(default_factory=dict)
+    image_sum: np.ndarray | None = None
+    image_count: np.ndarray | None = None
+    energy_sum: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.radial = np.asarray(self.radial, dtype=np.float64)
+        npt = self.radial.size
+        for g in GROUPS:
+            self.n.setdefault(g, np.zeros(npt, np.int64))
+            self.s1.setdefault(g, np.zeros(npt, np.float64))
+            self.s2.setdefault(g, np.zeros(npt, np.float64))
+            self.sv.setdefault(g, np.zeros(npt, np.float64))
+            self.frames.setdefault(g, 0)
+            self.energy_sum.setdefault(g, 0.0)
+        if self.frame_shape is not None and self.image_sum is None:
+            self.frame_shape = tuple(self.frame_shape)
+            self.image_sum = np.zeros(self.frame_shape, np.float64)
+            self.image_count = np.zeros(self.frame_shape, np.int64)
+
+    def add(
+        self,
+        intensity: np.ndarray,
+        sigma: np.ndarray,
+        laser_on: np.ndarray,
+        pulse_energy: np.ndarray | None = None,
+        frames: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+    ) -> None:
+        """Add integrated X-ray frames (NaN bins are skipped per frame).
+
+        ``laser_on`` is a bool per frame; ``pulse_energy`` is summed for the
+        record; ``frames``/``mask`` (optional) feed the 2-D average image.
+        """
+        intensity = np.atleast_2d(intensity)
+        sigma = np.atleast_2d(sigma)
+        on = np.asarray(laser_on, dtype=bool)
+        if on.shape[0] != intensity.shape[0]:
+            raise ValueError("laser_on needs one flag per frame")
+        sel = {"all": np.ones_like(on), "on": on, "off": ~on}
+        valid = np.isfinite(intensity) & np.isfinite(sigma)
+        i0 = np.where(valid, intensity, 0.0)
+        v0 = np.where(valid, sigma, 0.0) ** 2
+        for g, s in sel.items():
+            self.n[g] += valid[s].sum(axis=0)
+            self.s1[g] += i0[s].sum(axis=0)
+            self.s2[g] += (i0[s] ** 2).sum(axis=0)
+            self.sv[g] += v0[s].sum(axis=0)
+            self.frames[g] += int(s.sum())
+            if pulse_energy is not None:
+                self.energy_sum[g] += float(np.asarray(pulse_energy, dtype=np.float64)[s].sum())
+        if frames is not None and self.image_sum is not None:
+            x = np.asarray(frames).reshape((-1,) + self.frame_shape)
+            good = np.isfinite(x)
+            if mask is not None:
+                good &= np.asarray(mask).reshape(x.shape) == 0
+            self.image_sum += np.where(good, x, 0.0).sum(axis=0, dtype=np.float64)
+            self.image_count += good.sum(axis=0)
+
+    def merge(self, other: "SaxsAccumulator") -> "SaxsAccumulator":
+        """Add another partial into this one (in place) and return self."""
+        if other.radial.shape != self.radial.shape or not np.allclose(other.radial, self.radial, rtol=1e-9):
+            raise ValueError("cannot merge SAXS partials with different radial axes (npt/range/geometry differ)")
+        if other.xgm_normalised != self.xgm_normalised:
+            raise ValueError("cannot merge XGM-normalised with un-normalised SAXS partials")
+        for g in GROUPS:
+            self.n[g] += other.n[g]
+            self.s1[g] += other.s1[g]
+            self.s2[g] += other.s2[g]
+            self.sv[g] += other.sv[g]
+            self.frames[g] += other.frames[g]
+            self.energy_sum[g] += other.energy_sum[g]
+        if self.image_sum is not None and other.image_sum is not None:
+            self.image_sum += other.image_sum
+            self.image_count += other.image_count
+        return self
+
+    def mean(self, group: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Average profile, its standard error and the propagated Poisson error.
+
+        Returns
+        -------
+        mean, sem, poisson_err : numpy.ndarray
+            ``sem`` comes from the frame-to-frame scatter (includes beam and sample
+            fluctuations), ``poisson_err = √Σσ² / n`` from the per-frame error model.
+            NaN where fewer than 2 frames contributed.
+        """
+        n = self.n[group].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = self.s1[group] / n
+            var = (self.s2[group] - n * mean**2) / (n - 1)
+            sem = np.sqrt(np.maximum(var, 0.0) / n)
+            perr = np.sqrt(self.sv[group]) / n
+        bad = n < 2
+        return (np.where(n > 0, mean, np.nan), np.where(bad, np.nan, sem), np.where(n > 0, perr, np.nan))
+
+    def difference(self) -> tuple[np.ndarray, np.ndarray]:
+        """Laser on − off and its standard error."""
+        m_on, e_on, _ = self.mean("on")
+        m_off, e_off, _ = self.mean("off")
+        return m_on - m_off, np.hypot(e_on, e_off)
+
+    def mean_image(self) -> np.ndarray | None:
+        """Average photons per pixel over valid frames (NaN where never valid)."""
+        if self.image_sum is None:
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.image_count > 0, self.image_sum / self.image_count, np.nan)
+
+    # -- persistence -------------------------------------------------------
+    def to_h5(self, group) -> None:
+        """Write the partial into an open h5py group."""
+        group.attrs["kind"] = "xfel_reduce.saxs.SaxsAccumulator"
+        group.attrs["xgm_normalised"] = bool(self.xgm_normalised)
+        group.create_dataset("radial", data=self.radial)
+        for g in GROUPS:
+            sub = group.create_group(g)
+            sub.create_dataset("n", data=self.n[g])
+            sub.create_dataset("sum", data=self.s1[g])
+            sub.create_dataset("sum_sq", data=self.s2[g])
+            sub.create_dataset("sum_var", data=self.sv[g])
+            sub.attrs["frames"] = int(self.frames[g])
+            sub.attrs["energy_sum"] = float(self.energy_sum[g])
+        if self.image_sum is not None:
+            group.create_dataset("image_sum", data=self.image_sum, compression="gzip", compression_opts=1)
+            group.create_dataset("image_count", data=self.image_count, compression="gzip", compression_opts=1)
+
+    @classmethod
+    def from_h5(cls, group) -> "SaxsAccumulator":
+        """Read a partial written by :meth:`to_h5`."""
+        if group.attrs.get("kind") != "xfel_reduce.saxs.SaxsAccumulator":
+            raise ValueError(f"{group.file.filename}:{group.name} is not a SAXS partial")
+        img = group["image_sum"][()] if "image_sum" in group else None
+        acc = cls(
+            radial=group["radial"][()],
+            frame_shape=None if img is None else img.shape,
+            xgm_normalised=bool(group.attrs["xgm_normalised"]),
+            image_sum=img,
+            image_count=group["image_count"][()] if img is not None else None,
+        )
+        for g in GROUPS:
+            sub = group[g]
+            acc.n[g] = sub["n"][()]
+            acc.s1[g] = sub["sum"][()]
+            acc.s2[g] = sub["sum_sq"][()]
+            acc.sv[g] = sub["sum_var"][()]
+            acc.frames[g] = int(sub.attrs["frames"])
+            acc.energy_sum[g] = float(sub.attrs["energy_sum"])
+        return acc
+
+
+# --------------------------------------------------------------------------
+# sphere model and fit
+# --------------------------------------------------------------------------
+def sphere_form_factor(q: np.ndarray, radius: float) -> np.ndarray:
+    """Normalised form factor P(q) = [3(sin qR − qR cos qR)/(qR)³]², P(0) = 1.
+
+    ``q`` and ``radius`` in reciprocal/direct units of each other (nm⁻¹ and nm).
+    """
+    x = np.asarray(q, dtype=np.float64) * float(radius)
+    out = np.ones_like(x)
+    big = np.abs(x) > 1e-3
+    xb = x[big]
+    out[big] = (3.0 * (np.sin(xb) - xb * np.cos(xb)) / xb**3) ** 2
+    # Taylor series below 1e-3 avoids the catastrophic cancellation of sin − x cos.
+    xs = x[~big]
+    out[~big] = (1.0 - xs**2 / 10.0) ** 2
+    return out
+
+
+def sphere_volume_nm3(radius_nm: float) -> float:
+    """Volume of a sphere in nm³."""
+    return 4.0 / 3.0 * math.pi * float(radius_nm) ** 3
+
+
+def sphere_intensity(
+    q: np.ndarray,
+    radius_nm: float,
+    volume_fraction: float,
+    contrast_sld: float,
+    background_cm1: float = 0.0,
+    background_q2: float = 0.0,
+) -> np.ndarray:
+    """Differential scattering cross-section dΣ/dΩ (cm⁻¹) of dilute spheres.
+
+    dΣ/dΩ = φ·Δρ²·V·P(q) + b₀ + b₂·q².
+
+    Parameters
+    ----------
+    q
+        nm⁻¹.
+    radius_nm
+        Sphere radius.
+    volume_fraction
+        φ, volume fraction of spheres (dilute: no structure factor).
+    contrast_sld
+        Δρ in 10⁻⁶ Å⁻² (X-ray scattering-length-density contrast).
+    background_cm1, background_q2
+        Solvent background b₀ (cm⁻¹) and its slow q² term b₂ (cm⁻¹·nm²).
+    """
+    drho_cm2 = float(contrast_sld) * 1e-6 * 1e16  # 1e-6 Å⁻² → cm⁻²
+    v_cm3 = sphere_volume_nm3(radius_nm) * 1e-21
+    q = np.asarray(q, dtype=np.float64)
+    return volume_fraction * drho_cm2**2 * v_cm3 * sphere_form_factor(q, radius_nm) + background_cm1 + background_q2 * q**2
+
+
+def _linear_fit(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+    a = design * w[:, None]
+    coef, *_ = np.linalg.lstsq(a, y * w, rcond=None)
+    chi2 = float(np.sum((a @ coef - y * w) ** 2))
+    return coef, chi2
+
+
+def fit_sphere(
+    q: np.ndarray,
+    intensity: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    q_range: tuple[float, float] | None = None,
+    radius_bounds_nm: tuple[float, float] | None = None,
+    background: str = "constant",
+) -> dict[str, Any]:
+    """Least-squares fit of monodisperse spheres: I = s·P(q, R) + b (+ b₂q²).
+
+    A coarse scan over R (with the linear parameters solved exactly at each R)
+    finds the global minimum — the χ² surface of a sphere has one local minimum
+    per fringe — before a Levenberg–Marquardt refinement of all parameters.
+
+    Parameters
+    ----------
+    q, intensity, sigma
+        Profile (q in nm⁻¹); bins with non-finite values or σ ≤ 0 are ignored.
+    q_range
+        Fit only within this q range.
+    radius_bounds_nm
+        Scan range for R; default from the q range (π/q_max … 2π/q_min·…).
+    background
+        ``"constant"`` or ``"quadratic"`` (adds b₂·q²) or ``"none"``.
+
+    Returns
+    -------
+    dict
+        ``radius_nm``, ``radius_err_nm``, ``scale``, ``scale_err``, ``background``,
+        ``background_q2``, ``chi2_red``, ``n_points``, ``q_min``, ``q_max``,
+        ``model`` (I at the given q, NaN outside the fit range), ``residuals``
+        ((I − model)/σ).
+    """
+    from scipy.optimize import least_squares
+
+    q = np.asarray(q, dtype=np.float64)
+    y = np.asarray(intensity, dtype=np.float64)
+    s = np.asarray(sigma, dtype=np.float64)
+    use = np.isfinite(q) & np.isfinite(y) & np.isfinite(s) & (s > 0) & (q > 0)
+    if q_range is not None:
+        use &= (q >= q_range[0]) & (q <= q_range[1])
+    n_lin = {"none": 1, "constant": 2, "quadratic": 3}.get(background)
+    if n_lin is None:
+        raise ValueError(f"background must be 'none', 'constant' or 'quadratic', got {background!r}")
+    if use.sum() < n_lin + 3:
+        raise ValueError(f"only {int(use.sum())} usable points for the sphere fit: widen q_range or check the data")
+    qq, yy, ww = q[use], y[use], 1.0 / s[use]
+    q_lo, q_hi = float(qq.min()), float(qq.max())
+    if radius_bounds_nm is None:
+        # A sphere is only identifiable if the data see its Guinier region or a
+        # fringe: R from ~1/q_max (fringes beyond the data) to ~6/q_min.
+        radius_bounds_nm = (1.0 / q_hi, 6.0 / q_lo)
+
+    def design(radius: float) -> np.ndarray:
+        cols = [sphere_form_factor(qq, radius)]
+        if n_lin >= 2:
+            cols.append(np.ones_like(qq))
+        if n_lin == 3:
+            cols.append(qq**2)
+        return np.stack(cols, axis=1)
+
+    # Fringe spacing in R is ~π/q_max, so sample R several times finer than that.
+    step = np.pi / q_hi / 8.0
+    grid = np.arange(radius_bounds_nm[0], radius_bounds_nm[1] + step, step)
+    chis = np.array([_linear_fit(design(r), yy, ww)[1] for r in grid])
+    r0 = float(grid[int(np.argmin(chis))])
+    lin0, _ = _linear_fit(design(r0), yy, ww)
+
+    def resid(p: np.ndarray) -> np.ndarray:
+        return (design(p[0]) @ p[1:] - yy) * ww
+
+    sol = least_squares(resid, np.concatenate([[r0], lin0]), method="lm", x_scale="jac")
+    dof = max(1, qq.size - sol.x.size)
+    chi2_red = float(np.sum(sol.fun**2) / dof)
+    try:
+        cov = np.linalg.inv(sol.jac.T @ sol.jac)
+        # Scale by χ²_red so the errors stay honest when σ is under/over-estimated.
+        err = np.sqrt(np.diag(cov) * max(chi2_red, 1.0))
+    except np.linalg.LinAlgError:
+        err = np.full(sol.x.size, np.nan)
+    model = np.full(q.shape, np.nan)
+    model[use] = design(sol.x[0]) @ sol.x[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        residuals = np.where(use, (y - model) / s, np.nan)
+    return {
+        "radius_nm": float(sol.x[0]),
+        "radius_err_nm": float(err[0]),
+        "scale": float(sol.x[1]),
+        "scale_err": float(err[1]),
+        "background": float(sol.x[2]) if n_lin >= 2 else 0.0,
+        "background_q2": float(sol.x[3]) if n_lin == 3 else 0.0,
+        "chi2_red": chi2_red,
+        "n_points": int(qq.size),
+        "q_min": q_lo,
+        "q_max": q_hi,
+        "success": bool(sol.success),
+        "model": model,
+        "residuals": residuals,
+    }
+
+
+# --------------------------------------------------------------------------
+# reading CORR / annotation and the per-chunk / per-run drivers
+# --------------------------------------------------------------------------
+CORR_SOURCE = "SPB_DET_AGIPD1M-1/CORR/{m}CH0:output"
+
+
+def _module_of(path: Path) -> int:
+    import re
+
+    match = re.search(r"AGIPD(\d+)", path.name)
+    if not match:
+        raise ValueError(f"cannot tell the AGIPD module number from file name {path}")
+    return int(match.group(1))
+
+
+def iter_corr_frames(
+    corr_files: Sequence[str | Path],
+    chunk_frames: int = 64,
+    source_template: str = CORR_SOURCE,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Stream stacked frames from the CORR files of one sequence.
+
+    All module files must hold the same frames (same trainId/pulseId rows), as
+    CORR files written by the calibration do; otherwise a clear error names the
+    file.  Memory is bounded by ``chunk_frames`` frames.
+
+    Yields
+    ------
+    dict
+        ``data`` float32 (n, n_mod, 512, 128), ``mask`` uint32 (same),
+        ``trainId``, ``pulseId``, ``cellId`` (n,), ``modules`` (list).
+    """
+    import h5py
+
+    paths = sorted((Path(p) for p in corr_files), key=_module_of)
+    if not paths:
+        raise ValueError("no CORR files given to the SAXS integration")
+    modules = [_module_of(p) for p in paths]
+    handles = []
+    try:
+        ref_tid = ref_pid = None
+        for p, m in zip(paths, modules):
+            f = h5py.File(p, "r")
+            handles.append(f)
+            base = f"INSTRUMENT/{source_template.format(m=m)}/image"
+            if base not in f:
+                raise KeyError(f"{p}: no {base}; is this an AGIPD CORR file of module {m}?")
+            tid = f[f"{base}/trainId"][()].ravel()
+            pid = f[f"{base}/pulseId"][()].ravel()
+            if ref_tid is None:
+                ref_tid, ref_pid = tid, pid
+            elif tid.shape != ref_tid.shape or not (np.array_equal(tid, ref_tid) and np.array_equal(pid, ref_pid)):
+                raise ValueError(
+                    f"{p}: frames (trainId/pulseId) differ from {paths[0]}; the CORR files of one "
+                    "sequence must be aligned — re-run the calibration for this sequence"
+                )
+        n = ref_tid.size
+        cell = handles[0][f"INSTRUMENT/{source_template.format(m=modules[0])}/image/cellId"][()].ravel()
+        for a in range(0, n, chunk_frames):
+            b = min(n, a + chunk_frames)
+            data = np.empty((b - a, len(paths), 512, 128), np.float32)
+            mask = np.empty((b - a, len(paths), 512, 128), np.uint32)
+            for i, (f, m) in enumerate(zip(handles, modules)):
+                base = f"INSTRUMENT/{source_template.format(m=m)}/image"
+                f[f"{base}/data"].read_direct(data, np.s_[a:b], np.s_[:, i])
+                if f"{base}/mask" in f:
+                    f[f"{base}/mask"].read_direct(mask, np.s_[a:b], np.s_[:, i])
+                else:
+                    mask[:, i] = 0
+            yield {"data": data, "mask": mask, "trainId": ref_tid[a:b], "pulseId": ref_pid[a:b],
+                   "cellId": cell[a:b], "modules": modules}
+    finally:
+        for f in handles:
+            f.close()
+
+
+ANNOTATION_KEYS = ("trainId", "pulseId", "xray", "ppl", "pulse_energy")
+
+
+def read_annotation(path: str | Path) -> dict[str, np.ndarray]:
+    """Per-frame annotation arrays from a REDU annotation file.
+
+    Looks for datasets named ``trainId``, ``pulseId``, ``xray``, ``ppl``,
+    ``pulse_energy`` anywhere under ``INSTRUMENT`` (the file's source name is the
+    annotation stage's business).
+    """
+    import h5py
+
+    found: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        if "INSTRUMENT" not in f:
+            raise KeyError(f"{path}: no INSTRUMENT group; not an EuXFEL-layout annotation file")
+
+        def visit(name: str, obj) -> None:
+            key = name.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+            if isinstance(obj, h5py.Dataset) and key in ANNOTATION_KEYS and key not in found:
+                found[key] = obj[()].ravel()
+
+        f["INSTRUMENT"].visititems(visit)
+    missing = [k for k in ANNOTATION_KEYS if k not in found]
+    if missing:
+        raise KeyError(f"{path}: annotation lacks {missing}; re-run the annotation stage")
+    return found
+
+
+def _match_frames(ann: Mapping[str, np.ndarray], tid: np.ndarray, pid: np.ndarray, where: str) -> np.ndarray:
+    """Row in the annotation of each (trainId, pulseId); error if any is missing."""
+    key_a = ann["trainId"].astype(np.int64) * 4096 + ann["pulseId"].astype(np.int64)
+    key_f = tid.astype(np.int64) * 4096 + pid.astype(np.int64)
+    order = np.argsort(key_a, kind="stable")
+    pos = np.searchsorted(key_a[order], key_f)
+    pos = np.clip(pos, 0, key_a.size - 1)
+    idx = order[pos]
+    if not np.array_equal(key_a[idx], key_f):
+        bad = int(np.flatnonzero(key_a[idx] != key_f)[0])
+        raise ValueError(
+            f"{where}: frame trainId={int(tid[bad])} pulseId={int(pid[bad])} is not in the annotation; "
+            "annotation and CORR files are out of sync — re-run the annotation for this sequence"
+        )
+    return idx
+
+
+def integrate_chunk(
+    engine: AzimuthalEngine,
+    corr_files: Sequence[str | Path],
+    annotation: Mapping[str, np.ndarray],
+    *,
+    xgm_normalise: bool = False,
+    chunk_frames: int = 64,
+    user_mask: np.ndarray | None = None,
+    keep_image: bool = True,
+) -> tuple[SaxsAccumulator, dict[str, np.ndarray]]:
+    """Integrate the X-ray frames of one sequence chunk.
+
+    Parameters
+    ----------
+    engine
+        Built once per run (same modules as the CORR files).
+    corr_files
+        CORR files of one sequence (one per module).
+    annotation
+        From :func:`read_annotation` (per-frame xray, ppl, pulse_energy).
+    xgm_normalise
+        Divide each frame's I and σ by its XGM pulse energy (µJ).
+    user_mask
+        Extra static mask (frame shape), non-zero = bad, applied per frame.
+
+    Returns
+    -------
+    partial, per_frame
+        The mergeable :class:`SaxsAccumulator` and per-frame arrays ``trainId``,
+        ``pulseId``, ``cellId``, ``ppl``, ``pulse_energy``, ``intensity``,
+        ``sigma`` (float32, X-ray frames only, in file order).
+    """
+    acc = SaxsAccumulator(engine.radial, engine.frame_shape if keep_image else None, xgm_normalised=xgm_normalise)
+    out: dict[str, list] = {k: [] for k in ("trainId", "pulseId", "cellId", "ppl", "pulse_energy", "intensity", "sigma")}
+    where = str(Path(corr_files[0]).name) if corr_files else "?"
+    for chunk in iter_corr_frames(corr_files, chunk_frames):
+        if len(chunk["modules"]) != engine.frame_shape[0]:
+            raise ValueError(f"{where}: {len(chunk['modules'])} module files but the engine expects {engine.frame_shape[0]}")
+        idx = _match_frames(annotation, chunk["trainId"], chunk["pulseId"], where)
+        xray = np.asarray(annotation["xray"], bool)[idx]
+        if not xray.any():
+            continue
+        data, mask = chunk["data"][xray], chunk["mask"][xray]
+        if user_mask is not None:
+            mask = mask | (np.asarray(user_mask).reshape(engine.frame_shape) != 0).astype(np.uint32)
+        ppl = np.asarray(annotation["ppl"], bool)[idx][xray]
+        energy = np.asarray(annotation["pulse_energy"], np.float64)[idx][xray]
+        intensity, sigma = engine.integrate(data, mask)
+        if xgm_normalise:
+            if np.any(~(energy > 0)):
+                bad = int(np.flatnonzero(~(energy > 0))[0])
+                raise ValueError(
+                    f"{where}: X-ray frame trainId={int(chunk['trainId'][xray][bad])} has pulse energy "
+                    f"{energy[bad]}; cannot normalise by XGM — check the XGM data or disable xgm_normalise"
+                )
+            intensity = intensity / energy[:, None]
+            sigma = sigma / energy[:, None]
+        acc.add(intensity, sigma, ppl, energy, data if keep_image else None, mask if keep_image else None)
+        out["trainId"].append(chunk["trainId"][xray])
+        out["pulseId"].append(chunk["pulseId"][xray])
+        out["cellId"].append(chunk["cellId"][xray])
+        out["ppl"].append(ppl)
+        out["pulse_energy"].append(energy)
+        out["intensity"].append(intensity.astype(np.float32))
+        out["sigma"].append(sigma.astype(np.float32))
+    npt = engine.npt
+    empty = {"intensity": np.zeros((0, npt), np.float32), "sigma": np.zeros((0, npt), np.float32)}
+    per_frame = {k: (np.concatenate(v) if v else empty.get(k, np.zeros(0))) for k, v in out.items()}
+    return acc, per_frame
+
+
+def write_frames_redu(
+    path: str | Path,
+    per_frame: Mapping[str, np.ndarray],
+    radial: np.ndarray,
+    provenance: Mapping[str, Any],
+    source: str = "SPB_DET_AGIPD1M-1/REDU/SAXS:output",
+) -> None:
+    """Write per-frame I(q), σ(q) in EuXFEL REDU layout (one row per X-ray frame).
+
+    Keys under ``source``: ``saxs.intensity``, ``saxs.sigma`` (n, npt) float32,
+    ``saxs.trainId``, ``saxs.pulseId``, ``saxs.cellId``, ``saxs.ppl``,
+    ``saxs.pulse_energy``; the radial axis is the per-train control key ``q``
+    of source ``<source minus :output>`` (constant for the run).
+    """
+    from .io.euxfel import write_euxfel_file
+
+    tid = np.asarray(per_frame["trainId"], np.uint64)
+    trains, counts = np.unique(tid, return_counts=True)
+    if trains.size and not np.all(np.diff(tid.astype(np.int64)) >= 0):
+        raise ValueError(f"{path}: per-frame rows are not in train order")
+    keys = {f"saxs.{k}": np.asarray(per_frame[k]) for k in
+            ("intensity", "sigma", "trainId", "pulseId", "cellId", "ppl", "pulse_energy")}
+    ctrl_source = source.split(":")[0]
+    write_euxfel_file(
+        path, trains,
+        instrument={source: (counts, keys)},
+        control={ctrl_source: {"q": np.broadcast_to(np.asarray(radial, np.float32), (trains.size, radial.size)).copy()}},
+        provenance=dict(provenance),
+    )
+
+
+def gather_partials(paths: Iterable[str | Path]) -> SaxsAccumulator:
+    """Merge per-chunk partial files (written with ``SaxsAccumulator.to_h5`` under
+    the group ``saxs_partial``) into the run result."""
+    import h5py
+
+    total: SaxsAccumulator | None = None
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            if "saxs_partial" not in f:
+                raise KeyError(f"{p}: no 'saxs_partial' group; was it written by the saxs chunk rule?")
+            part = SaxsAccumulator.from_h5(f["saxs_partial"])
+        total = part if total is None else total.merge(part)
+    if total is None:
+        raise ValueError("no SAXS partial files to gather")
+    return total
+
+
+def write_partial(path: str | Path, acc: SaxsAccumulator, engine_info: Mapping[str, Any], provenance: Mapping[str, Any]) -> None:
+    """Write a chunk partial atomically (temporary file + rename)."""
+    import json
+    import os
+
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        acc.to_h5(f.create_group("saxs_partial"))
+        f.attrs["engine"] = json.dumps(dict(engine_info))
+        f.attrs["provenance"] = json.dumps(dict(provenance), default=str)
+    os.replace(tmp, path)
+

@@ -1,0 +1,164 @@
+"""AGIPD response model: photons → raw (analog, digital) ADU with gain switching.
+
+Each module has, per pixel and memory cell, for each of the three gain stages
+(high, medium, low): an analog offset, a Gaussian noise, a digital (gain-bit) level
+and an ADU-per-photon gain.  A pixel switches to a lower gain stage when the charge
+it collects would exceed the range of the current stage.  Dead, hot and noisy pixels
+and pixels whose gain levels cannot be told apart are drawn with known fractions and
+are part of the truth.  All constants are drawn from a generator seeded by
+``(seed, module)``, so any module can be rebuilt on its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+N_GAINS = 3
+MODULE_SHAPE = (512, 128)
+ADC_MAX = 16383  # 14-bit ADC
+
+#: Default detector truth (ADU unless stated); every value is a config parameter.
+DEFAULT_DETECTOR: dict[str, Any] = {
+    "offset_mean": [5000.0, 5600.0, 5300.0],
+    "offset_pixel_sigma": 150.0,
+    "offset_cell_sigma": 30.0,
+    "noise_mean": [10.0, 6.0, 4.0],
+    "noise_pixel_sigma_rel": 0.08,
+    "digital_mean": [4600.0, 6400.0, 8200.0],
+    "digital_pixel_sigma": 120.0,
+    "digital_noise": 25.0,
+    "adu_per_photon_hg": 60.0,
+    "gain_ratio_hg_mg": 28.0,
+    "gain_ratio_mg_lg": 6.5,
+    "relative_gain_sigma": 0.05,
+    "switch_photons_hg": 80.0,
+    "switch_photons_mg": 2500.0,
+    "dead_fraction": 0.001,
+    "hot_fraction": 0.001,
+    "noisy_fraction": 0.002,
+    "gain_fault_fraction": 0.0005,
+    "hot_offset": 3000.0,
+    "noisy_factor": 8.0,
+}
+
+
+@dataclass
+class ModuleTruth:
+    """True constants of one module, arrays ``(3, n_cells, 512, 128)`` unless stated."""
+
+    module: int
+    offset: np.ndarray
+    noise: np.ndarray
+    digital: np.ndarray
+    adu_per_photon: np.ndarray
+    dead: np.ndarray  # (512, 128) bool: no response, no noise
+    hot: np.ndarray  # (512, 128) bool: offset far above the others
+    noisy: np.ndarray  # (n_cells, 512, 128) bool: noise far above the others
+    gain_fault: np.ndarray  # (512, 128) bool: medium-gain digital level = high-gain level
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        return self.offset.shape[1]
+
+    def bad(self) -> np.ndarray:
+        """Truly bad (pixel, cell) combinations, ``(n_cells, 512, 128)`` bool."""
+        per_pixel = self.dead | self.hot | self.gain_fault
+        return per_pixel[None, :, :] | self.noisy
+
+
+def make_module_truth(module: int, n_cells: int, seed: int, params: dict | None = None) -> ModuleTruth:
+    """Draw the constants of one module."""
+    p = {**DEFAULT_DETECTOR, **(params or {})}
+    rng = np.random.default_rng([int(seed), 7919, int(module)])
+    shape = (n_cells,) + MODULE_SHAPE
+    f32 = np.float32
+
+    offset = np.empty((N_GAINS,) + shape, f32)
+    noise = np.empty_like(offset)
+    digital = np.empty_like(offset)
+    gain = np.empty_like(offset)
+    g_hg = p["adu_per_photon_hg"]
+    nominal_gain = [g_hg, g_hg / p["gain_ratio_hg_mg"], g_hg / p["gain_ratio_hg_mg"] / p["gain_ratio_mg_lg"]]
+    for g in range(N_GAINS):
+        pix = rng.normal(p["offset_mean"][g], p["offset_pixel_sigma"], MODULE_SHAPE)
+        cell = rng.normal(0.0, p["offset_cell_sigma"], shape)
+        offset[g] = pix[None] + cell
+        noise[g] = p["noise_mean"][g] * (1 + p["noise_pixel_sigma_rel"] * rng.standard_normal(MODULE_SHAPE))[None]
+        digital[g] = rng.normal(p["digital_mean"][g], p["digital_pixel_sigma"], MODULE_SHAPE)[None] \
+            + rng.normal(0.0, 10.0, shape)
+        rel = 1.0 + p["relative_gain_sigma"] * rng.standard_normal(MODULE_SHAPE)
+        gain[g] = (nominal_gain[g] * rel)[None] * (1.0 + 0.005 * rng.standard_normal(shape))
+
+    def pick(fraction: float, s: tuple = MODULE_SHAPE) -> np.ndarray:
+        return rng.random(s) < fraction
+
+    dead = pick(p["dead_fraction"])
+    hot = pick(p["hot_fraction"]) & ~dead
+    gain_fault = pick(p["gain_fault_fraction"]) & ~dead & ~hot
+    noisy = pick(p["noisy_fraction"], shape) & ~(dead | hot | gain_fault)[None]
+
+    offset[:, :, hot] += p["hot_offset"]
+    noise[:, :, dead] = 0.0
+    gain[:, :, dead] = 0.0
+    noise[:, noisy] *= p["noisy_factor"]
+    digital[1][:, gain_fault] = digital[0][:, gain_fault]
+    return ModuleTruth(module, offset, noise, digital, gain, dead, hot, noisy, gain_fault, params=p)
+
+
+def gain_stage_for(photons: np.ndarray, params: dict) -> np.ndarray:
+    """The stage the adaptive gain switches to for a given charge (in photons)."""
+    stage = np.zeros(photons.shape, np.uint8)
+    stage[photons >= params["switch_photons_hg"]] = 1
+    stage[photons >= params["switch_photons_mg"]] = 2
+    return stage
+
+
+def raw_frames(
+    truth: ModuleTruth,
+    photons: np.ndarray,
+    cells: np.ndarray,
+    rng: np.random.Generator,
+    forced_gain: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Simulate raw AGIPD frames of one module.
+
+    Parameters
+    ----------
+    photons
+        Photons per pixel, ``(n_frames, 512, 128)``.
+    cells
+        Memory cell of each frame.
+    forced_gain
+        For dark runs taken in fixed-gain mode: the stage (0, 1, 2); ``None`` for
+        adaptive gain.
+
+    Returns
+    -------
+    raw
+        ``(n_frames, 2, 512, 128)`` uint16: analog and digital (gain) samples.
+    stage
+        ``(n_frames, 512, 128)`` uint8: the true gain stage.
+    """
+    n = photons.shape[0]
+    cells = np.asarray(cells, dtype=np.intp)
+    if forced_gain is None:
+        stage = gain_stage_for(photons, truth.params)
+    else:
+        stage = np.full(photons.shape, forced_gain, np.uint8)
+    # Gather the per-stage constants of every pixel of every frame in one pass.
+    idx = stage.astype(np.intp)[:, None]
+    def take(arr: np.ndarray) -> np.ndarray:
+        per_cell = arr[:, cells]  # (3, n, 512, 128)
+        return np.take_along_axis(per_cell.transpose(1, 0, 2, 3), idx, axis=1)[:, 0]
+
+    analog = take(truth.offset) + photons * take(truth.adu_per_photon)
+    analog += take(truth.noise) * rng.standard_normal((n,) + MODULE_SHAPE, dtype=np.float32)
+    digital = take(truth.digital) + truth.params["digital_noise"] * rng.standard_normal(
+        (n,) + MODULE_SHAPE, dtype=np.float32)
+    raw = np.empty((n, 2) + MODULE_SHAPE, np.uint16)
+    raw[:, 0] = np.clip(np.rint(analog), 0, ADC_MAX)
+    raw[:, 1] = np.clip(np.rint(digital), 0, ADC_MAX)
+    return raw, stage

@@ -1,0 +1,209 @@
+"""The workflow's steps as plain functions (what the Snakemake scripts call).
+
+Each step takes the workflow config and explicit input/output paths, so it can be
+run and tested without Snakemake and reused by the CLI.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from . import annotate
+from .aggregate import Moments
+from .calibrate import agipd
+from .calibrate.correct import CommonMode
+from .calibrate.dark import BadPixelRules
+from .io import sources
+from .io.euxfel import AtomicH5File
+from .io.frames import SequenceFrames
+from .io.provenance import attach_provenance, provenance
+from .io.redu import read_partials, write_frame_table, write_partials
+from .io.runs import InputDataError
+
+log = logging.getLogger("xfel_reduce")
+
+
+def setup_logging(log_file: str | Path | None) -> logging.Logger:
+    """Log to the rule's ``log:`` file (and stderr), with timestamps."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return log
+
+
+def modules_of(config: dict) -> list[int]:
+    mods = config.get("modules", 16)
+    return list(range(mods)) if isinstance(mods, int) else [int(m) for m in mods]
+
+
+# -- simulation ---------------------------------------------------------------------
+def simulate_detector(config: dict) -> None:
+    from .simulate.beamtime import write_detector_truth
+    write_detector_truth(Path(config["proposal_dir"]), config["simulate"], config)
+
+
+def simulate_run(config: dict, run: int) -> list[Path]:
+    from .simulate.beamtime import iter_runs, simulate_run as _sim
+
+    sim = config["simulate"]
+    for run_cfg in iter_runs(sim):
+        if int(run_cfg["run"]) == int(run):
+            return _sim(Path(config["proposal_dir"]), sim, run_cfg, config, progress=log)
+    raise ValueError(f"run {run} is not among the simulated runs of the config")
+
+
+# -- calibration --------------------------------------------------------------------
+def dark_module(config: dict, module: int, dark_run_dirs: Sequence[Path], output: Path,
+                inputs: Sequence[Path] = ()) -> None:
+    cal = config["calibration"]
+    dark = agipd.characterise_module(
+        {stage: Path(d) for stage, d in enumerate(dark_run_dirs)}, module,
+        int(cal["memory_cells"]), BadPixelRules.from_dict(cal.get("badpixels")),
+    )
+    gain = agipd.read_gain_constants(Path(cal["gain_constants"]), module)
+    if gain.shape[1] < dark.offset.shape[1]:
+        raise InputDataError(
+            f"gain constants cover {gain.shape[1]} memory cells, darks {dark.offset.shape[1]}")
+    prov = provenance(config, list(inputs) + [cal["gain_constants"]], step="dark", module=module)
+    agipd.write_constants(Path(output), module, dark, gain[:, : dark.offset.shape[1]], prov)
+    bad = dark.badpixels[0] != 0
+    log.info("module %d: median HG offset %.1f ADU, median HG noise %.2f ADU, %.3f %% bad (HG)",
+             module, float(np.nanmedian(dark.offset[0])), float(np.nanmedian(dark.noise[0])), 100 * bad.mean())
+
+
+def correct_file(config: dict, module: int, raw: Path, constants: Path, output: Path) -> dict:
+    cal = config["calibration"]
+    cm = cal.get("common_mode", {})
+    common = CommonMode(enabled=bool(cm.get("enabled", False)), window=float(cm.get("window", 0.5)),
+                        min_fraction=float(cm.get("min_fraction", 0.3)))
+    prov = provenance(config, [raw, constants], step="correct", module=module)
+    consts = agipd.load_constants(Path(constants))
+    return agipd.correct_sequence(Path(raw), Path(output), module, consts, prov, common,
+                                  trains_per_chunk=int(cal.get("trains_per_chunk", 8)), progress=log)
+
+
+# -- annotation -----------------------------------------------------------------------
+def annotate_chunk(config: dict, corr_files: Sequence[Path], da_file: Path | None, output: Path) -> None:
+    """Annotate one sequence: frame table + image partials (before hit flags)."""
+    mods = modules_of(config)
+    if len(corr_files) != len(mods):
+        raise ValueError(f"{len(corr_files)} CORR files for {len(mods)} modules")
+    reader = SequenceFrames(dict(zip(mods, map(Path, corr_files))), da_file)
+    cfg = annotate.AnnotationConfig.from_dict(config.get("annotation"))
+    table, images = annotate.annotate_sequence(reader, cfg, int(config["calibration"].get("trains_per_chunk", 4)),
+                                               progress=log)
+    missing = int((table["modules_present"] < len(mods)).sum())
+    if missing:
+        log.warning("%d frames lack data from some modules (flagged via modules_present and "
+                    "MODULE_MISSING mask bits)", missing)
+    prov = provenance(config, list(corr_files) + ([da_file] if da_file else []), step="annotate_chunk")
+    write_partials(Path(output), table, images, prov)
+
+
+def hit_thresholds(config: dict, partials: Sequence[Path], output: Path) -> None:
+    """Run-wide hit thresholds (adaptive thresholds need the whole run)."""
+    cfg = annotate.AnnotationConfig.from_dict(config.get("annotation"))
+    table = annotate.concat_tables([read_partials(Path(p))[0] for p in partials])
+    table = annotate.finalise_hits(table, cfg)
+    with AtomicH5File(output) as f:
+        attach_provenance(f, provenance(config, partials, step="hit_thresholds"))
+        for k in ("trainId", "pulseId", "hit_threshold", "hit"):
+            f[k] = table[k]
+
+
+def write_annotation(config: dict, run: int, seq: int, partial: Path, thresholds: Path, output: Path) -> None:
+    table, _ = read_partials(Path(partial))
+    table = annotate.concat_tables([table])
+    with h5py.File(thresholds, "r") as f:
+        key_all = f["trainId"][()] * np.uint64(1 << 16) + f["pulseId"][()]
+        thr, hit = f["hit_threshold"][()], f["hit"][()]
+    idx = np.searchsorted(key_all, table["trainId"] * np.uint64(1 << 16) + table["pulseId"])
+    table["hit_threshold"], table["hit"] = thr[idx], hit[idx]
+    prov = provenance(config, [partial, thresholds], step="annotation", run=run, sequence=seq)
+    write_frame_table(Path(output), sources.ANNOTATION_SOURCE, table, prov,
+                      proposal=int(config.get("simulate", {}).get("proposal", 0)), run=run, sequence=seq,
+                      run_type="annotation")
+
+
+# -- aggregation ----------------------------------------------------------------------
+def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_files: Sequence[Path],
+                  output: Path) -> dict:
+    """Merge the per-sequence partials into run images and a run annotation table."""
+    from .io.redu import read_frame_table
+
+    merged: dict[str, Moments] = {}
+    for p in partials:
+        _, moments = read_partials(Path(p))
+        for name, m in moments.items():
+            merged[name] = merged[name].merge(m) if name in merged else m
+    tables = [read_frame_table(Path(a), sources.ANNOTATION_SOURCE) for a in annotation_files]
+    table = annotate.concat_tables(tables) if tables else annotate.empty_table(0)
+    prov = provenance(config, list(partials) + list(annotation_files), step="aggregate", run=run)
+    with AtomicH5File(output) as f:
+        attach_provenance(f, prov)
+        for name, m in merged.items():
+            g = f.create_group(f"images/{name}")
+            g.create_dataset("mean", data=m.mean.astype(np.float32), compression="gzip", compression_opts=1)
+            g.create_dataset("std", data=np.nan_to_num(m.std).astype(np.float32), compression="gzip", compression_opts=1)
+            g.create_dataset("count", data=m.count.astype(np.int32), compression="gzip", compression_opts=1)
+        for k, v in table.items():
+            f[f"annotation/{k}"] = v
+        f["modules"] = np.array(modules_of(config))
+    x = table["xray"]
+    return {"frames": int(table["trainId"].size), "xray_frames": int(x.sum()),
+            "hits": int(table["hit"].sum())}
+
+
+def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path], products: dict[str, list[Path]],
+                aggregate_file: Path, benchmarks: Sequence[Path], output: Path) -> dict:
+    """``summary.json``: frames, bytes, reduction ratios, hit rate, timings, provenance."""
+    with h5py.File(aggregate_file, "r") as f:
+        t = {k: f["annotation"][k][()] for k in f["annotation"]}
+    bytes_in = int(sum(Path(p).stat().st_size for p in raw_files))
+    bytes_out = {name: int(sum(Path(p).stat().st_size for p in paths)) for name, paths in products.items()}
+    ratio = {name: (bytes_in / b if b else None) for name, b in bytes_out.items()}
+    timings = {}
+    for b in benchmarks:
+        b = Path(b)
+        if b.is_file():
+            lines = b.read_text().splitlines()
+            if len(lines) >= 2:
+                head, vals = lines[0].split("\t"), lines[1].split("\t")
+                row = dict(zip(head, vals))
+                key = b.parent.name + "/" + b.stem if b.parent.name.startswith(("correct", "annotat", "dark")) else b.stem
+                timings[key] = {"s": float(row.get("s", "nan")), "max_rss_mb": float(row.get("max_rss", "nan"))}
+    x = t["xray"]
+    n_x = int(x.sum())
+    summary = {
+        "run": int(run),
+        "run_type": technique,
+        "frames_in": int(t["trainId"].size),
+        "xray_frames": n_x,
+        "frames_out": {"annotation": int(t["trainId"].size), "hits": int(t["hit"].sum())},
+        "frames_incomplete": int((t["modules_present"] < len(modules_of(config))).sum()),
+        "frames_without_beam_data": int((~t["beam_data"]).sum()),
+        "trains": int(np.unique(t["trainId"]).size),
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "reduction_ratio": ratio,
+        "hit_rate": (float(t["hit"].sum()) / n_x) if n_x else None,
+        "laser_on_fraction": (float((t["ppl"] & x).sum()) / n_x) if n_x else None,
+        "mean_pulse_energy_uj": float(t["pulse_energy"][x].mean()) if n_x else None,
+        "timings": timings,
+        "total_job_seconds": float(sum(v["s"] for v in timings.values())),
+        "provenance": provenance(config, list(raw_files) + [aggregate_file], step="summary", run=run),
+    }
+    tmp = Path(output).with_suffix(".json.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(output)
+    return summary

@@ -1,0 +1,443 @@
+"""Validation reports: papermill notebooks → self-contained HTML, verdicts, run index.
+
+The notebooks are fed tiny synthetic pipeline outputs that follow the data
+contracts (dark constants, CORR files, annotation REDU files, summary.json) and
+whose truth is known, so the verdict numbers are compared with the truth.  The
+end-to-end test of the whole workflow should feed them real pipeline outputs.
+
+Wall time: ~40 s on an idle 2-core machine (six kernel starts), mostly the
+Snakemake run of two runs × two stages.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import nbformat
+import numpy as np
+import pytest
+
+from xfel_reduce.report import (ReportExecutionError, external_references, render_report,
+                                verdict_path_for)
+from xfel_reduce.report_index import build_index, collect_runs
+from xfel_reduce.verdict import Check, check_max, check_range, overall_status, verdict_summary
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATES = REPO / "reports"
+RULES = REPO / "workflow" / "rules" / "report.smk"
+# External fetches a page could make; SVG namespace identifiers are not fetches.
+URL_RE = re.compile(r"https?://(?!www\.w3\.org/)")
+IMG_RE = re.compile(r'<img[^>]+src="data:image/png;base64,[A-Za-z0-9+/=]{200,}')
+
+# ---------------------------------------------------------------------------
+# Synthetic pipeline outputs following the data contracts of the notebooks
+# ---------------------------------------------------------------------------
+from xfel_reduce.io.euxfel import write_euxfel_file
+from xfel_reduce.io.provenance import attach_provenance, provenance
+from xfel_reduce.io.sources import ANNOTATION_SOURCE, CORR_SOURCE, corr_filename
+
+NOISE_ADU = np.array([10.0, 6.0, 4.0])
+ADU_PER_PHOTON_HG = 60.0
+
+
+def make_dark_file(path: Path, n_mod: int = 2, n_cells: int = 8, bad_fraction: float = 0.005,
+                   bad_module_fraction: dict[int, float] | None = None, seed: int = 0) -> dict:
+    """Write dark constants ``(3, n_cells, n_mod, 512, 128)``; return the true bad fractions.
+
+    ``bad_module_fraction`` overrides the bad-pixel fraction of selected modules.
+    Bad pixels are per pixel (all cells, all gains), flagged with bit 1 (noise).
+    """
+    rng = np.random.default_rng(seed)
+    shape = (3, n_cells, n_mod, 512, 128)
+    offset = np.empty(shape, np.float32)
+    noise = np.empty(shape, np.float32)
+    for g, mean in enumerate((5000.0, 5600.0, 5300.0)):
+        offset[g] = rng.normal(mean, 150.0, (n_mod, 512, 128))[None] + rng.normal(0, 30, shape[1:])
+        noise[g] = NOISE_ADU[g] * (1 + 0.08 * rng.standard_normal((n_mod, 512, 128)))[None]
+    bad = np.zeros(shape, np.uint32)
+    truth = {}
+    for m in range(n_mod):
+        frac = (bad_module_fraction or {}).get(m, bad_fraction)
+        pix = rng.random((512, 128)) < frac
+        bad[:, :, m, pix] = 1 << 1
+        noise[:, :, m, pix] *= 8
+        truth[m] = float(pix.mean())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f["offset"] = offset
+        f["noise"] = noise
+        f["badpixels"] = bad
+        f.attrs["modules"] = np.arange(n_mod)
+        attach_provenance(f, provenance({"test": "synthetic dark"}, []))
+    return truth
+
+
+def make_corr_files(directory: Path, run: int, n_mod: int = 2, n_trains: int = 6, n_cells: int = 8,
+                    residual_offset: float = 0.0, sigma: float = 0.17, rate: float = 0.05,
+                    seed: int = 1) -> list[Path]:
+    """Write one CORR sequence file per module with sparse photons on a known residual offset."""
+    rng = np.random.default_rng(seed)
+    train_ids = 10_000 + np.arange(n_trains)
+    counts = np.full(n_trains, n_cells)
+    n = n_trains * n_cells
+    paths = []
+    for m in range(n_mod):
+        photons = rng.poisson(rate, (n, 512, 128)).astype(np.float32)
+        data = photons + rng.normal(residual_offset, sigma, photons.shape).astype(np.float32)
+        gain = np.zeros(data.shape, np.uint8)
+        strong = rng.random(data.shape) < 1e-3  # a few medium-gain pixels with many photons
+        gain[strong] = 1
+        data[strong] = rng.uniform(80, 300, strong.sum())
+        mask = np.zeros(data.shape, np.uint32)
+        mask[:, :2] = 1 << 1
+        cell = np.tile(np.arange(n_cells, dtype=np.uint16), n_trains)
+        src = CORR_SOURCE.format(module=m)
+        p = directory / corr_filename(run, m, 0)
+        write_euxfel_file(p, train_ids, instrument={src: (counts, {
+            "image.data": data, "image.mask": mask, "image.gain": gain, "image.cellId": cell,
+            "image.pulseId": cell.astype(np.uint64), "image.trainId": np.repeat(train_ids, n_cells)})},
+            provenance=provenance({"test": "synthetic corr"}, []), run=run)
+        paths.append(p)
+    return paths
+
+
+def make_annotation_file(path: Path, run: int, n_trains: int = 40, n_pulses: int = 16,
+                         hit_rate: float = 0.2, seed: int = 2, threshold: float = 50.0,
+                         dark_hits: bool = False) -> dict:
+    """Write an annotation REDU file; return the true numbers (hit rate among X-ray frames...).
+
+    Every 4th pulse slot has no X-rays (dark reference frames), every 2nd pulse has
+    the pump laser.  Hits have many lit pixels, misses few; ``dark_hits`` puts hits
+    on X-ray-free frames too (a broken annotation the verdict must catch).
+    """
+    rng = np.random.default_rng(seed)
+    train_ids = 20_000 + np.arange(n_trains)
+    n = n_trains * n_pulses
+    pulse = np.tile(np.arange(n_pulses, dtype=np.uint64), n_trains)
+    xray = (pulse % 4) != 3
+    ppl = (pulse % 2) == 0
+    energy = np.where(xray, rng.normal(1.5, 0.2, n), 0.0).astype(np.float32)  # mJ
+    photons = np.where(xray, energy * 4000 + rng.normal(0, 100, n), rng.normal(0, 5, n)).astype(np.float32)
+    hit = xray & (rng.random(n) < hit_rate)
+    if dark_hits:
+        hit |= ~xray & (rng.random(n) < 0.5)
+    lit = np.where(hit, rng.normal(400, 80, n), rng.gamma(2.0, 5.0, n)).clip(0).astype(np.uint32)
+    hit = lit > threshold  # the flag is what the threshold says
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_euxfel_file(path, train_ids, instrument={ANNOTATION_SOURCE: (np.full(n_trains, n_pulses), {
+        "data.trainId": np.repeat(train_ids, n_pulses).astype(np.uint64), "data.pulseId": pulse,
+        "data.cellId": pulse.astype(np.uint16), "data.xray": xray, "data.ppl": ppl,
+        "data.pulse_energy": energy, "data.photons": photons, "data.lit_pixels": lit,
+        "data.n_peaks": np.where(hit, rng.poisson(30, n), rng.poisson(0.3, n)).astype(np.uint32),
+        "data.hit": hit, "data.hit_threshold": np.full(n, threshold, np.float32)})},
+        provenance=provenance({"test": "synthetic annotation"}, []), run=run)
+    return {"frames": n, "hit_rate": float(hit[xray].mean()), "hits": int(hit.sum()),
+            "dark_hits": int((hit & ~xray).sum())}
+
+
+def make_results_tree(results: Path, runs: dict[int, str], n_mod: int = 2,
+                      residual_offsets: dict[int, float] | None = None) -> dict[int, dict]:
+    """A results/ tree as the workflow leaves it before the report rules: summary.json,
+    dark constants, CORR and annotation files, one product per run."""
+    out = {}
+    for k, (run, run_type) in enumerate(sorted(runs.items())):
+        rdir = results / f"r{run:04d}"
+        dark = results / "calibration" / f"dark_r{run:04d}.h5"
+        make_dark_file(dark, n_mod=n_mod, seed=run)
+        corr = make_corr_files(results / "proc" / f"r{run:04d}", run, n_mod=n_mod, seed=run + 1,
+                               residual_offset=(residual_offsets or {}).get(run, 0.0))
+        ann = rdir / "annotation" / f"REDU-R{run:04d}-ANNOT-S00000.h5"
+        truth = make_annotation_file(ann, run, seed=run + 2, hit_rate=0.1 + 0.1 * k)
+        product = rdir / run_type / f"{run_type}_r{run:04d}.h5"
+        product.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(product, "w") as f:
+            f["x"] = np.arange(10)
+        frames = truth["frames"]
+        summary = {"run": run, "run_type": run_type, "frames_in": frames, "frames_out": truth["hits"],
+                   "bytes_in": frames * 16 * 512 * 128 * 4, "bytes_out": 1000 + 100 * truth["hits"],
+                   "reduction_ratio": {run_type: 1000.0 * (k + 1), "annotation": 50.0},
+                   "hit_rate": truth["hit_rate"], "timings": {"annotation": 1.0},
+                   "provenance": {"git_commit": "test"}}
+        (rdir / "summary.json").write_text(json.dumps(summary))
+        out[run] = {"dark": dark, "corr": corr, "annotation": [ann], "truth": truth,
+                    "summary": summary, "product": product}
+    return out
+
+
+SNAKEFILE = """
+RESULTS = "results"
+RUNS = {runs!r}
+config.setdefault("report", {{}})
+config["report"]["templates"] = {templates!r}
+config["report"]["run_params"] = {run_params!r}
+
+
+def run_stages(run):
+    return ["calibration", "annotation"]
+
+
+def stage_inputs(run, stage):
+    if stage == "calibration":
+        return {{"dark_file": f"{{RESULTS}}/calibration/dark_r{{run:04d}}.h5",
+                 "corr_files": sorted(str(p) for p in Path(RESULTS, "proc", f"r{{run:04d}}").glob("CORR-*.h5"))}}
+    return {{"annotation_files": [f"{{RESULTS}}/r{{run:04d}}/annotation/REDU-R{{run:04d}}-ANNOT-S00000.h5"]}}
+
+
+rule all:
+    input: RESULTS + "/index.html"
+
+
+include: {rules!r}
+"""
+
+RUNS = {1: "sfx", 2: "saxs"}
+# run 1: residual offset 0.15 photon (calibration warns), expected hit rate met;
+# run 2: perfect offset, but its hit rate (~0.2) is far outside the expected range.
+RESIDUAL = {1: 0.15, 2: 0.0}
+RUN_PARAMS = {1: {"annotation": {"hit_rate_range": [0.05, 0.2]}},
+              2: {"annotation": {"hit_rate_range": [0.6, 0.9]}}}
+
+
+def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MPLBACKEND": "agg"}
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--nolock",
+                           "-s", "Snakefile", *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workflow_results(tmp_path_factory):
+    """Run the report rules with Snakemake on a two-run synthetic results tree."""
+    work = tmp_path_factory.mktemp("reports_wf")
+    truth = make_results_tree(work / "results", RUNS, residual_offsets=RESIDUAL)
+    (work / "Snakefile").write_text("from pathlib import Path\n" + SNAKEFILE.format(
+        runs=sorted(RUNS), templates=str(TEMPLATES), run_params=RUN_PARAMS, rules=str(RULES)))
+    t0 = time.perf_counter()
+    proc = run_snakemake(work)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return work, truth, wall
+
+
+# ---------------------------------------------------------------------------
+# verdict
+# ---------------------------------------------------------------------------
+
+def test_check_range_bands():
+    assert check_range("x", 0.5, 0, 1).status == "pass"
+    assert check_range("x", 1.0, 0, 1).status == "pass"  # inclusive
+    assert check_range("x", 1.2, 0, 1, warn_hi=1.5).status == "warn"
+    assert check_range("x", 1.6, 0, 1, warn_hi=1.5).status == "fail"
+    assert check_range("x", -0.1, 0, 1, warn_hi=1.5).status == "fail"  # no warn band below
+    assert check_range("x", -0.1, 0, 1, -0.2, 1.5).status == "warn"
+    assert check_range("x", float("nan"), 0, 1, -1, 2).status == "fail"
+    assert check_range("x", None, 0, 1).status == "fail"
+    assert check_max("x", np.float32(0.01), 0.02).value == pytest.approx(0.01)
+    with pytest.raises(ValueError):
+        check_range("x", 1, 2, 1)
+    with pytest.raises(ValueError):
+        check_range("x", 1, 0, 2, warn_lo=0.5)
+    with pytest.raises(ValueError):
+        Check("x", "ok", 1, "")
+
+
+def test_verdict_summary_is_worst_and_json():
+    checks = [check_range("a", 1, 0, 2), check_range("b", 3, 0, 2, warn_hi=4)]
+    assert overall_status(checks) == "warn"
+    s = verdict_summary(checks + [check_max("c", float("inf"), 1)], run=3)
+    assert s["overall"] == "fail" and s["counts"]["fail"] == 1 and s["run"] == 3
+    assert s["checks"][2]["value"] is None  # inf is not JSON
+    json.dumps(s, allow_nan=False)
+    assert overall_status([]) == "warn"  # nothing verified is not a pass
+
+
+# ---------------------------------------------------------------------------
+# renderer
+# ---------------------------------------------------------------------------
+
+def test_failing_notebook_writes_error_html_and_raises(tmp_path):
+    """A missing input makes the calibration notebook fail: the page shows the error."""
+    out = tmp_path / "r0007" / "reports" / "calibration.html"
+    log = tmp_path / "report.log"
+    with pytest.raises(ReportExecutionError) as info:
+        render_report(TEMPLATES / "calibration.ipynb", out,
+                      {"run": 7, "dark_file": str(tmp_path / "nope.h5")}, log=log)
+    err = info.value
+    msg = str(err)
+    assert "calibration.ipynb" in msg and "FileNotFoundError" in msg and "nope.h5" in msg
+    nb = nbformat.read(TEMPLATES / "calibration.ipynb", as_version=4)
+    assert err.cell_index is not None and "dark_file" in nb.cells[err.cell_index].source
+    page = out.read_text()
+    assert "FileNotFoundError" in page and "run the calibration rule first" in page
+    assert 'data-verdict="error"' in page
+    assert json.loads(verdict_path_for(out).read_text())["overall"] == "error"
+    assert not URL_RE.search(page), URL_RE.findall(page)[:3]
+    assert "failed in cell" in log.read_text()
+
+
+def test_notebook_without_verdict_is_rejected(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("a = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("print(a)")]
+    tpl = tmp_path / "noverdict.ipynb"
+    nbformat.write(nb, tpl)
+    with pytest.raises(ReportExecutionError, match="did not write its verdict"):
+        render_report(tpl, tmp_path / "out.html", {"a": 2})
+    # the page is still there to look at
+    assert (tmp_path / "out.html").is_file()
+
+
+def test_render_overhead(tmp_path):
+    """Overhead = wall time of render_report minus the time spent inside cells.
+
+    Measured on a notebook whose only cost is its verdict; the second render in
+    the process is the steady state (imports done), the first includes them.
+    The limit scales with the machine load because the kernel start is CPU-bound.
+    """
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("x = 0\nverdict_path = ''")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "from xfel_reduce.verdict import check_range, write_verdict\n"
+        "write_verdict([check_range('x', x, 0, 1)], verdict_path)")]
+    tpl = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, tpl)
+    first = render_report(tpl, tmp_path / "a.html", {"x": 0.5})
+    second = render_report(tpl, tmp_path / "b.html", {"x": 0.5})
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    print(f"render overhead: first {first.overhead_s:.2f} s, steady {second.overhead_s:.2f} s "
+          f"(execute {second.execute_s:.2f} s, convert {second.convert_s:.2f} s), load/core {load:.2f}")
+    assert second.verdict["overall"] == "pass"
+    assert second.overhead_s < 3.0 * max(1.0, load)
+
+
+# ---------------------------------------------------------------------------
+# workflow: all reports, figures, verdicts and the index
+# ---------------------------------------------------------------------------
+
+def test_workflow_produces_self_contained_reports(workflow_results):
+    work, truth, wall = workflow_results
+    results = work / "results"
+    for run in RUNS:
+        for stage in ("calibration", "annotation"):
+            html = results / f"r{run:04d}" / "reports" / f"{stage}.html"
+            page = html.read_text()
+            assert not URL_RE.search(page), (html, URL_RE.findall(page)[:3])
+            assert not external_references(page)
+            assert 'class="xfel-verdict"' in page, html
+            # the verdict block comes before the first plot
+            assert page.index('class="xfel-verdict"') < IMG_RE.search(page).start()
+            assert len(IMG_RE.findall(page)) >= 2, html
+            assert "<script src=" not in page and "<link " not in page.replace('<link rel="icon"', "")
+            png = html.with_suffix(".png").read_bytes()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
+            log = results / "logs" / f"r{run:04d}" / f"report_{stage}.log"
+            assert "overhead" in log.read_text()
+    index = (results / "index.html").read_text()
+    assert not URL_RE.search(index) and not external_references(index)
+    print(f"snakemake, 4 notebooks + index: {wall:.1f} s")
+
+
+def test_calibration_verdict_matches_truth(workflow_results):
+    work, truth, _ = workflow_results
+    for run, residual in RESIDUAL.items():
+        v = json.loads((work / f"results/r{run:04d}/reports/calibration.verdict.json").read_text())
+        checks = {c["name"]: c for c in v["checks"]}
+        with h5py.File(truth[run]["dark"]) as f:
+            bad = (f["badpixels"][0] != 0).any(axis=0)  # (n_mod, 512, 128)
+        for m in range(bad.shape[0]):
+            c = checks[f"bad-pixel fraction, module {m} (high gain)"]
+            assert c["value"] == pytest.approx(bad[m].mean(), abs=1e-12)
+            # residual offset and noise (photons) of the zero-photon peak, truth 0.17
+            assert checks[f"residual dark offset, module {m}"]["value"] == pytest.approx(residual, abs=0.01)
+            assert checks[f"zero-photon peak width, module {m}"]["value"] == pytest.approx(0.17, rel=0.05)
+        assert v["overall"] == ("warn" if residual > 0.1 else "pass")
+
+
+def test_annotation_verdict_matches_truth(workflow_results):
+    work, truth, _ = workflow_results
+    for run in RUNS:
+        v = json.loads((work / f"results/r{run:04d}/reports/annotation.verdict.json").read_text())
+        checks = {c["name"]: c for c in v["checks"]}
+        assert checks["hit rate (X-ray frames)"]["value"] == pytest.approx(truth[run]["truth"]["hit_rate"])
+        assert checks["frames annotated"]["value"] == truth[run]["truth"]["frames"]
+        assert checks["hit fraction among X-ray-free frames"]["status"] == "pass"
+    # run 2's hit rate (~0.2) is outside the expected 0.6-0.9 and its warn band
+    assert json.loads((work / "results/r0002/reports/annotation.verdict.json").read_text())["overall"] == "fail"
+    assert json.loads((work / "results/r0001/reports/annotation.verdict.json").read_text())["overall"] == "pass"
+
+
+def test_annotation_catches_hits_without_xrays(tmp_path):
+    """A threshold in the noise (hits on X-ray-free frames) must fail the verdict."""
+    ann = tmp_path / "REDU-R0009-ANNOT-S00000.h5"
+    t = make_annotation_file(ann, 9, dark_hits=True)
+    assert t["dark_hits"] > 0
+    res = render_report(TEMPLATES / "annotation.ipynb", tmp_path / "annotation.html",
+                        {"run": 9, "annotation_files": [str(ann)]})
+    checks = {c["name"]: c for c in res.verdict["checks"]}
+    assert checks["hit fraction among X-ray-free frames"]["status"] == "fail"
+    assert res.verdict["overall"] == "fail"
+
+
+def test_index_lists_every_run_with_links(workflow_results):
+    work, truth, _ = workflow_results
+    results = work / "results"
+    page = (results / "index.html").read_text()
+    rows = re.findall(r'<tr data-run="(\d+)">(.*?)</tr>', page, re.S)
+    assert sorted(int(r) for r, _ in rows) == sorted(RUNS)
+    for run, row in rows:
+        run = int(run)
+        for stage in ("calibration", "annotation"):
+            assert f'href="r{run:04d}/reports/{stage}.html"' in row
+        assert f'href="r{run:04d}/{RUNS[run]}/{RUNS[run]}_r{run:04d}.h5"' in row
+        assert f'{100 * truth[run]["truth"]["hit_rate"]:.2f} %' in row
+        assert RUNS[run] in row
+        # every link resolves to a file
+        for href in re.findall(r'href="([^"]+)"', row):
+            assert (results / href).is_file(), href
+    verdicts = {int(r): re.search(r'class="verdict v-(\w+)"', row).group(1) for r, row in rows}
+    assert verdicts == {1: "warn", 2: "fail"}
+    assert "addEventListener" in page  # sortable
+
+
+def test_index_handles_missing_and_broken_inputs(tmp_path):
+    results = tmp_path / "results"
+    (results / "r0003" / "reports").mkdir(parents=True)
+    (results / "r0003" / "summary.json").write_text("{not json")
+    (results / "r0003" / "reports" / "saxs.html").write_text("<html></html>")
+    (results / "r0004").mkdir()
+    (results / "r0004" / "summary.json").write_text(json.dumps(
+        {"run": 4, "run_type": "xpcs", "frames_in": 10, "bytes_in": 4000, "bytes_out": 10,
+         "reduction_ratio": 400, "hit_rate": None}))
+    entries = collect_runs(results, runs=[3, 4, 5])
+    assert [e.run for e in entries] == [3, 4, 5]
+    assert entries[0].verdict == "missing" and "summary.json unreadable" in entries[0].problems[0]
+    assert entries[2].problems == [f"run directory {results / 'r0005'} missing"]
+    page = build_index(results, runs=[3, 4, 5]).read_text()
+    assert page.count("<tr data-run=") == 3
+    assert "400\u00d7" in page
+
+
+def test_snakemake_report_includes_reports(workflow_results):
+    work, _, _ = workflow_results
+    proc = run_snakemake(work, "--report", "report.zip")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import zipfile
+    names = zipfile.ZipFile(work / "report.zip").namelist()
+    # files are stored under hashed directories: count them per stage
+    for stage in ("calibration", "annotation"):
+        for ext in ("html", "png"):
+            assert sum(n.endswith(f"/{stage}.{ext}") for n in names) == len(RUNS), (stage, ext, names)
+    assert sum(n.endswith("/index.html") and "/data/raw/" in n for n in names) == 1
+    # categories appear in the report's data
+    blob = "".join(zipfile.ZipFile(work / "report.zip").read(n).decode("utf-8", "replace")
+                   for n in names if n.endswith((".js", ".html")) and "/data/raw/" not in n)
+    for category in ("Run reports", "Key plots", "Overview"):
+        assert category in blob, category

@@ -1,0 +1,34 @@
+# Annotation: per-sequence pass (frame table + image partials), run-wide hit
+# thresholds, then one EuXFEL-layout REDU file per sequence.
+
+rule annotate_chunk:
+    input:
+        corr=lambda w: [corr_file(w.run, m, w.seq) for m in MODULES],
+        da=lambda w: da_file(w.run, w.seq),
+    output: os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5")
+    log: os.path.join(RESULTS, "logs", "r{run}", "annotate", "S{seq}.log")
+    benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotate", "S{seq}.tsv")
+    group: "chunk"
+    resources: mem_mb=3000, runtime=30
+    threads: 2
+    script: "../scripts/annotate_chunk.py"
+
+
+rule hit_thresholds:
+    input: lambda w: expand(os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5"), run=w.run, seq=sequences(w.run))
+    output: os.path.join(RESULTS, "r{run}", "partials", "hit_thresholds.h5")
+    log: os.path.join(RESULTS, "logs", "r{run}", "hit_thresholds.log")
+    benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "hit_thresholds.tsv")
+    resources: mem_mb=1000, runtime=10
+    script: "../scripts/hit_thresholds.py"
+
+
+rule annotation:
+    input:
+        partial=os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5"),
+        thresholds=os.path.join(RESULTS, "r{run}", "partials", "hit_thresholds.h5"),
+    output: os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANNOT-S{seq}.h5")
+    log: os.path.join(RESULTS, "logs", "r{run}", "annotation", "S{seq}.log")
+    benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotation", "S{seq}.tsv")
+    resources: mem_mb=1000, runtime=10
+    script: "../scripts/annotation.py"

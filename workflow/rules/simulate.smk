@@ -1,0 +1,26 @@
+# The embedded synthetic beamtime: one rule per simulated run, because each run's
+# file list is known only from the config (rules are generated in a loop).
+from xfel_reduce.simulate.beamtime import expected_files, truth_dir_for
+
+if SIM:
+    rule simulate_detector:
+        output:
+            gain=os.path.join(PROPOSAL, "calib", "agipd_gain_constants.h5"),
+            truth=os.path.join(PROPOSAL, "truth", "detector.h5"),
+        log: os.path.join(RESULTS, "logs", "simulate_detector.log"),
+        benchmark: os.path.join(RESULTS, "benchmarks", "simulate_detector.tsv")
+        resources: mem_mb=4000, runtime=10
+        script: "../scripts/simulate_detector.py"
+
+    for _run, _rcfg in SIM_RUNS.items():
+        rule:
+            name: f"simulate_r{_run:04d}"
+            output:
+                [str(p) for p in expected_files(PROPOSAL, SIM, _rcfg)],
+                truth=str(truth_dir_for(PROPOSAL, _run) / "truth.json"),
+                frames=str(truth_dir_for(PROPOSAL, _run) / "truth.h5"),
+            params: run=_run
+            log: os.path.join(RESULTS, "logs", f"simulate_r{_run:04d}.log")
+            benchmark: os.path.join(RESULTS, "benchmarks", f"simulate_r{_run:04d}.tsv")
+            resources: mem_mb=6000, runtime=60
+            script: "../scripts/simulate_run.py"

@@ -1,0 +1,5 @@
+"""Snakemake script: simulated detector truth and facility gain constants."""
+from xfel_reduce import steps
+
+steps.setup_logging(snakemake.log[0])
+steps.simulate_detector(snakemake.config)

@@ -1,0 +1,5 @@
+"""Snakemake script: simulate one run of the demo beamtime."""
+from xfel_reduce import steps
+
+steps.setup_logging(snakemake.log[0])
+steps.simulate_run(snakemake.config, snakemake.params.run)
