@@ -12,9 +12,14 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/annotation.smk"
+include: "workflow/rules/sfx.smk"
+include: "workflow/rules/xpcs.smk"
+include: "workflow/rules/saxs.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         expand(f"{RESULTS}/r{{run}}/summary.json", run=RUN_IDS),
+        f"{RESULTS}/index.html",

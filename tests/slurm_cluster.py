@@ -321,6 +321,15 @@ class SlurmCluster:
         text = self.slurmctld_log.read_text(errors="replace") if self.slurmctld_log.exists() else ""
         return [int(m) for m in re.findall(r"_slurm_rpc_submit_batch_job: JobId=(\d+)", text)]
 
+    def group_caps(self) -> tuple[str, ...]:
+        """``--cores``/``--resources`` capping group jobs to this small node.
+
+        The profile's defaults (16 CPUs, 64 GB per group job) suit production
+        nodes; a group job larger than the node would be rejected by sbatch.
+        """
+        mem = int(int(self.node["RealMemory"]) * self.memory_fraction)
+        return ("--cores", self.node["CPUs"], "--resources", f"mem_mb={mem}")
+
     def log_tail(self, n: int = 30) -> str:
         """Last ``n`` lines of every daemon log, for error messages."""
         parts = []
@@ -565,6 +574,8 @@ def snakemake_cmd(workdir: Path, configfile: Path, *extra: str,
            "--workflow-profile", str(DEFAULT_PROFILE)]
     if slurm:
         cmd += ["--profile", str(SLURM_PROFILE), *NO_ACCOUNTING_ARGS]
+    else:
+        cmd += ["--cores", "2"]  # as run.sh does for local runs
     return cmd + list(extra)
 
 
@@ -594,3 +605,62 @@ def output_digest(workdir: Path, subdirs: tuple[str, ...] = ("raw", "proc", "res
                 h.update(path.read_bytes())
             digest[str(path.relative_to(workdir))] = h.hexdigest()
     return digest
+
+
+def h5_content_digest(path: Path) -> str:
+    """SHA-256 over every dataset and attribute of an HDF5 file, provenance excluded.
+
+    Provenance (creation time, host, input sizes) legitimately differs between
+    two runs of the same workflow; everything else must be identical.
+    """
+    import hashlib
+
+    import h5py
+    import numpy as np
+
+    h = hashlib.sha256()
+
+    def _attrs(obj: "h5py.HLObject") -> None:
+        for key in sorted(obj.attrs):
+            if "provenance" in key.lower():
+                continue
+            h.update(key.encode())
+            h.update(np.asarray(obj.attrs[key]).tobytes())
+
+    def _visit(name: str, obj: "h5py.HLObject") -> None:
+        if "provenance" in name.lower():
+            return
+        h.update(name.encode())
+        _attrs(obj)
+        if isinstance(obj, h5py.Dataset):
+            h.update(str(obj.dtype).encode())
+            h.update(np.ascontiguousarray(obj[()]).tobytes())
+
+    with h5py.File(path, "r") as f:
+        _attrs(f)
+        f.visititems(_visit)
+    return h.hexdigest()
+
+
+def results_digest(root: Path, skip_json_keys: tuple[str, ...] = ("provenance", "timings")
+                   ) -> dict[str, str]:
+    """Content digest of a results/proposal tree: HDF5 by content, JSON minus
+    run-specific keys, everything else byte-wise; benchmark files skipped."""
+    import hashlib
+    import json
+
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if not path.is_file() or "benchmarks" in rel.split("/") or rel.endswith(".log"):
+            continue
+        if path.suffix == ".h5":
+            out[rel] = h5_content_digest(path)
+        elif path.suffix == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                data = {k: v for k, v in data.items() if k not in skip_json_keys}
+            out[rel] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out

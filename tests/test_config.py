@@ -87,5 +87,8 @@ def test_dag_of_16_modules_x_50_sequences_without_reading_data(tmp_path):
     elapsed = time.monotonic() - t0
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
-    assert "correct" in out and "800" in out  # 16 modules × 50 sequences
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["correct"] == 50 and counts["annotate_chunk"] == 50  # one job per sequence
+    assert counts["dark"] == 16
     assert elapsed < 120

@@ -30,16 +30,26 @@ def geom():
     return g.agipd_geometry()
 
 
+_ENGINES: dict[str, AzimuthalEngine] = {}
+
+
+def _engine(geom, split: str) -> AzimuthalEngine:
+    # building pyFAI's CSR matrix takes seconds: one engine per split for the module
+    if split not in _ENGINES:
+        _ENGINES[split] = AzimuthalEngine.from_geometry(
+            geom, DISTANCE_M, ENERGY_KEV, NPT, split=split, modules=MODULES, polarisation=POL
+        )
+    return _ENGINES[split]
+
+
 @pytest.fixture(scope="module", params=["no", "bbox"])
 def engine(request, geom):
-    return AzimuthalEngine.from_geometry(
-        geom, DISTANCE_M, ENERGY_KEV, NPT, split=request.param, modules=MODULES, polarisation=POL
-    )
+    return _engine(geom, request.param)
 
 
 @pytest.fixture(scope="module")
 def engine_no(geom):
-    return AzimuthalEngine.from_geometry(geom, DISTANCE_M, ENERGY_KEV, NPT, split="no", modules=MODULES, polarisation=POL)
+    return _engine(geom, "no")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +64,7 @@ def scene(geom):
 def simulated(scene, engine_no):
     """Two trains × 16 pulses, every second pulse pumped, XGM energy jitter."""
     rng = np.random.default_rng(3)
-    acc = SaxsAccumulator(engine_no.radial, engine_no.frame_shape)
+    acc = SaxsAccumulator(engine_no.radial, engine_no.frame_shape, xgm_normalised=True, poisson_k=engine_no.poisson_k)
     for t in range(2):
         n = 16
         beam = TrainBeam(
@@ -147,16 +157,16 @@ def test_flux_is_conserved(engine):
 # --------------------------------------------------------------------------- physics vs truth
 def test_radius_from_run_average_within_1_percent(simulated, scene):
     truth = scene.truth()
-    mean, sem, _ = simulated.mean("off")
-    fit = fit_sphere(simulated.radial, mean, sem)
+    fit = fit_sphere(simulated.radial, simulated.mean("off")[0], simulated.error("off"))
     assert fit["radius_nm"] == pytest.approx(truth["radius_nm"], rel=0.01)
     # the model is right, so the residuals are noise
     assert 0.5 < fit["chi2_red"] < 2.0
     # absolute scale: scale = profile_scale · φΔρ²V and background = profile_scale · b₀
     assert fit["scale"] == pytest.approx(truth["profile_scale_per_uj"] * truth["forward_cross_section_cm1"], rel=0.05)
     assert fit["background"] == pytest.approx(truth["profile_scale_per_uj"] * truth["background_cm1"], rel=0.2)
-    fit_on = fit_sphere(simulated.radial, *simulated.mean("on")[:2])
+    fit_on = fit_sphere(simulated.radial, simulated.mean("on")[0], simulated.error("on"))
     assert fit_on["radius_nm"] == pytest.approx(truth["radius_on_nm"], rel=0.01)
+    assert 0.5 < fit_on["chi2_red"] < 2.0
 
 
 def test_on_off_difference_sign_and_size(simulated, scene):
@@ -183,11 +193,11 @@ def test_partials_merge_independent_of_split(engine_no, scene, tmp_path):
     beam = TrainBeam(0, 1, np.ones(6, bool), np.array([0, 1, 0, 1, 0, 1], bool), np.full(6, 800.0))
     frames = scene.photons(beam)
     intensity, sigma = engine_no.integrate(frames)
-    whole = SaxsAccumulator(engine_no.radial, engine_no.frame_shape)
+    whole = SaxsAccumulator(engine_no.radial, engine_no.frame_shape, poisson_k=engine_no.poisson_k)
     whole.add(intensity, sigma, beam.ppl, beam.pulse_energy_uj, frames)
     parts = []
     for sl in (slice(0, 2), slice(2, 6)):
-        p = SaxsAccumulator(engine_no.radial, engine_no.frame_shape)
+        p = SaxsAccumulator(engine_no.radial, engine_no.frame_shape, poisson_k=engine_no.poisson_k)
         p.add(intensity[sl], sigma[sl], beam.ppl[sl], beam.pulse_energy_uj[sl], frames[sl])
         with h5py.File(tmp_path / f"p{sl.start}.h5", "w") as f:
             p.to_h5(f.create_group("x"))
@@ -240,3 +250,78 @@ def test_nxcansas_loads_with_sasdata(simulated, tmp_path):
     # sasdata honours the "1/nm" units attribute and converts Q to its 1/Å
     np.testing.assert_allclose(np.asarray(d_all.x), simulated.radial[ok] / 10.0, rtol=1e-12)
     np.testing.assert_allclose(np.asarray(d_all.y), mean[ok], rtol=1e-12)
+
+
+def test_chunk_driver_from_corr_files(geom, scene, tmp_path):
+    """CORR + annotation files → per-frame REDU file, partial, gather, NXcanSAS."""
+    from xfel_reduce.io.euxfel import write_euxfel_file
+    from xfel_reduce.io.nxcansas import read_nxcansas, write_nxcansas
+    from xfel_reduce.saxs import gather_partials, integrate_chunk, read_annotation, write_frames_redu, write_partial
+
+    mods = MODULES
+    eng = _engine(geom, "bbox")
+    n_tr, n_p = 2, 4
+    tids = np.arange(5000, 5000 + n_tr, dtype=np.uint64)
+    xray = np.tile([True, True, True, False], n_tr)  # last cell of each train is dark
+    ppl = np.tile([False, True, False, True], n_tr)
+    energy = np.where(xray, 900.0, 0.0)
+    beam = TrainBeam(0, 5000, xray, ppl, energy)
+    photons = scene.photons(beam)
+    mask = np.zeros(photons.shape, np.uint32)
+    mask[:, 0, :10] = 1  # a bad region in module 0
+    counts = np.full(n_tr, n_p)
+    frame_tid = np.repeat(tids, n_p)
+    pulse = np.tile(np.arange(n_p, dtype=np.uint64), n_tr)
+    files = []
+    for i, m in enumerate(mods):
+        path = tmp_path / f"CORR-R0001-AGIPD{m:02d}-S00000.h5"
+        write_euxfel_file(path, tids, instrument={f"SPB_DET_AGIPD1M-1/CORR/{m}CH0:output": (counts, {
+            "image.data": photons[:, i], "image.mask": mask[:, i], "image.trainId": frame_tid,
+            "image.pulseId": pulse, "image.cellId": pulse.astype(np.uint16)})}, provenance={})
+        files.append(path)
+    ann_path = tmp_path / "REDU-R0001-ANNOT-S00000.h5"
+    write_euxfel_file(ann_path, tids, instrument={"SPB_XTD9_XGM/REDU/ANNOTATION:output": (counts, {
+        "data.trainId": frame_tid, "data.pulseId": pulse, "data.xray": xray, "data.ppl": ppl,
+        "data.pulse_energy": energy})}, provenance={})
+
+    ann = read_annotation(ann_path)
+    acc, per_frame = integrate_chunk(eng, files, ann, chunk_frames=3)
+    assert per_frame["intensity"].shape == (xray.sum(), NPT)
+    # same numbers as integrating the in-memory frames directly
+    direct, _ = eng.integrate(photons[xray], mask[xray])
+    np.testing.assert_allclose(per_frame["intensity"], direct, rtol=1e-6)
+    assert acc.frames == {"all": 6, "on": 2, "off": 4}
+
+    redu = tmp_path / "REDU-R0001-SAXS-S00000.h5"
+    write_frames_redu(redu, per_frame, eng.radial, {"config": {}})
+    import extra_data
+
+    run = extra_data.H5File(str(redu))
+    src = run["SPB_DET_AGIPD1M-1/REDU/SAXS:output"]
+    assert src["saxs.intensity"].shape == (6, NPT)
+    part = tmp_path / "part.h5"
+    write_partial(part, acc, eng.describe(), {"config": {}})
+    total = gather_partials([part, part])
+    assert total.frames["all"] == 12
+    out = write_nxcansas(tmp_path / "saxs.h5", total, provenance={"config": {}}, engine_info=eng.describe())
+    prof = read_nxcansas(out, "all")
+    m_all = acc.mean("all")[0]
+    np.testing.assert_allclose(prof["I"], m_all[np.isfinite(m_all)], rtol=1e-12)
+
+    # the streaming chunk job and the gather job give the same numbers
+    from xfel_reduce.saxs import gather_run, integrate_sequence
+
+    stats = integrate_sequence(eng, files, ann_path, tmp_path / "frames.h5", tmp_path / "part2.h5", {"config": {}},
+                               chunk_frames=3)
+    assert stats == {"frames": 8, "xray_frames": 6}
+    src2 = extra_data.H5File(str(tmp_path / "frames.h5"))["SPB_DET_AGIPD1M-1/REDU/SAXS:output"]
+    np.testing.assert_array_equal(src2["saxs.intensity"].ndarray(), per_frame["intensity"])
+    assert list(src2["saxs.intensity"].data_counts(labelled=False)) == [3, 3]
+    summary = gather_run([tmp_path / "part2.h5"], tmp_path / "saxs2.h5", {"config": {}})
+    assert summary["frames"] == {"all": 6, "on": 2, "off": 4}
+    np.testing.assert_allclose(read_nxcansas(tmp_path / "saxs2.h5", "all")["I"], m_all[np.isfinite(m_all)], rtol=1e-12)
+
+    # an annotation that misses frames is a clear error naming the file
+    short = {k: v[:4] for k, v in ann.items()}
+    with pytest.raises(ValueError, match="not in the annotation"):
+        integrate_chunk(eng, files, short)

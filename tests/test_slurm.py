@@ -85,7 +85,7 @@ def test_slurm_profile_end_to_end(slurm: SlurmCluster, local_reference: dict[str
     wd = tmp_path / "slurm"
     cfg = _write_config(tmp_path / "config.yaml", corrupt=[CORRUPT])
     extra = ("--group-components", f"chunk={CHUNK}", "--retries", "1",
-             "--latency-wait", "5")
+             "--latency-wait", "5", *slurm.group_caps())
 
     t0 = time.monotonic()
     first = _run(snakemake_cmd(wd, cfg, *extra, slurm=True), cwd=wd, env=slurm.env())
@@ -153,3 +153,63 @@ def test_slurm_profile_end_to_end(slurm: SlurmCluster, local_reference: dict[str
           f"{t_first:.0f} s ({len(jobs)} sbatch submissions, {len(missing)} "
           f"chains lost with the failing group), resume {t_second:.0f} s "
           f"({len(new_jobs)} submissions).")
+
+
+def _tiny_config(tmp: Path) -> Path:
+    """The lead's tiny demo beamtime (tests/data/tiny.yaml) redirected to tmp."""
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "tests" / "data" / "tiny.yaml").read_text())
+    cfg["proposal_dir"] = str(tmp / "p900001")
+    cfg["results_dir"] = str(tmp / "results")
+    cfg["calibration"]["gain_constants"] = str(tmp / "p900001" / "calib"
+                                               / "agipd_gain_constants.h5")
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_real_workflow_on_slurm_matches_local(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The demo workflow (simulate -> calibrate -> annotate -> aggregate) on the
+    tiny beamtime: every job through sbatch, results identical to a local run."""
+    from slurm_cluster import REPO, results_digest
+
+    snakefile = REPO / "Snakefile"
+    if not snakefile.exists():
+        pytest.fail("the workflow's Snakefile is missing at the repo root")
+    local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
+    local_dir.mkdir()
+    slurm_dir.mkdir()
+
+    def cmd(d: Path, slurm_run: bool, *extra: str) -> list[str]:
+        # Run from the repo root like a user does (configfile and scripts are
+        # relative to it); all outputs go to the tmp dirs named in the config.
+        base = snakemake_cmd(REPO, _tiny_config(d), snakefile=snakefile, slurm=slurm_run)
+        return base + ["--slurm-logdir", str(d / "slurm_logs")] * slurm_run + list(extra)
+
+    t0 = time.monotonic()
+    local = _run(cmd(local_dir, False), cwd=REPO)
+    t_local = time.monotonic() - t0
+    assert local.returncode == 0, local.stderr[-4000:]
+
+    n_before = len(slurm.submitted_job_ids())
+    t0 = time.monotonic()
+    remote = _run(cmd(slurm_dir, True, *slurm.group_caps(), "--latency-wait", "5"),
+                  cwd=REPO, env=slurm.env())
+    t_slurm = time.monotonic() - t0
+    log = remote.stdout + remote.stderr
+    assert remote.returncode == 0, log[-4000:]
+
+    new = [j for j in slurm.jobs() if int(j["id"]) > n_before]
+    assert new and all(j["state"] == "COMPLETED" for j in new), new
+    assert len(new) == len(slurm.submitted_job_ids()) - n_before
+    n_jobs = int(re.search(r"^total\s+(\d+)", log, re.M).group(1))
+    assert len(new) < n_jobs, "grouping should need fewer submissions than jobs"
+
+    a = results_digest(local_dir / "results")
+    b = results_digest(slurm_dir / "results")
+    assert a.keys() == b.keys()
+    differ = sorted(k for k in a if a[k] != b[k])
+    assert not differ, f"SLURM and local results differ: {differ}"
+    assert results_digest(local_dir / "p900001") == results_digest(slurm_dir / "p900001")
+    print(f"\nreal workflow: {n_jobs} jobs, {len(new)} sbatch submissions; "
+          f"local {t_local:.0f} s, SLURM {t_slurm:.0f} s")

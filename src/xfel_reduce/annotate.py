@@ -260,7 +260,12 @@ def finalise_hits(table: dict[str, np.ndarray], cfg: AnnotationConfig) -> dict[s
 
 
 def concat_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenate tables and sort rows by (trainId, pulseId)."""
-    out = {k: np.concatenate([t[k] for t in tables]) for k in COLUMNS}
+    """Concatenate annotation tables and sort rows by (trainId, pulseId)."""
+    return concat_tables_any([{k: t[k] for k in COLUMNS} for t in tables])
+
+
+def concat_tables_any(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate per-frame tables with the same columns, sorted by (trainId, pulseId)."""
+    out = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
     order = np.lexsort((out["pulseId"], out["trainId"]))
     return {k: v[order] for k, v in out.items()}

@@ -133,8 +133,8 @@ class PeakFinderParams:
             "min_pixel_count": self.min_pix_count,
             "max_pixel_count": self.max_pix_count,
             "local_bg_radius": self.local_bg_radius,
-            "min_res": self.min_res,
-            "max_res": self.max_res,
+            "min_res": int(self.min_res),
+            "max_res": int(self.max_res),
         }
 
 

@@ -136,8 +136,13 @@ def write_annotation(config: dict, run: int, seq: int, partial: Path, thresholds
 
 # -- aggregation ----------------------------------------------------------------------
 def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_files: Sequence[Path],
-                  output: Path) -> dict:
-    """Merge the per-sequence partials into run images and a run annotation table."""
+                  output: Path, peak_tables: Sequence[Path] = ()) -> dict:
+    """Merge the per-sequence partials into run images and a run annotation table.
+
+    With peak tables (SFX runs), the run table gets ``n_peaks`` and its ``hit`` becomes
+    the peak-count hit (``n_peaks >= min_peaks``); the lit-pixel hit stays in
+    ``hit_lit_pixels`` and in the per-sequence annotation files.
+    """
     from .io.redu import read_frame_table
 
     merged: dict[str, Moments] = {}
@@ -147,7 +152,19 @@ def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_f
             merged[name] = merged[name].merge(m) if name in merged else m
     tables = [read_frame_table(Path(a), sources.ANNOTATION_SOURCE) for a in annotation_files]
     table = annotate.concat_tables(tables) if tables else annotate.empty_table(0)
-    prov = provenance(config, list(partials) + list(annotation_files), step="aggregate", run=run)
+    if peak_tables:
+        from .techniques import SFX_SOURCE
+
+        peaks = annotate.concat_tables_any([read_frame_table(Path(p), SFX_SOURCE) for p in peak_tables])
+        key = table["trainId"] * np.uint64(1 << 16) + table["pulseId"]
+        pkey = peaks["trainId"] * np.uint64(1 << 16) + peaks["pulseId"]
+        if not np.array_equal(np.sort(pkey), key):
+            raise ValueError("peak tables and annotation cover different frames")
+        idx = np.searchsorted(pkey, key)
+        table["hit_lit_pixels"] = table["hit"].copy()
+        table["n_peaks"] = peaks["n_peaks"][idx].astype(np.int32)
+        table["hit"] = peaks["hit"][idx].astype(bool)
+    prov = provenance(config, list(partials) + list(annotation_files) + list(peak_tables), step="aggregate", run=run)
     with AtomicH5File(output) as f:
         attach_provenance(f, prov)
         for name, m in merged.items():
@@ -163,24 +180,33 @@ def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_f
             "hits": int(table["hit"].sum())}
 
 
+def read_benchmarks(directory: Path) -> dict[str, dict[str, float]]:
+    """Wall time and peak memory of every job that wrote a ``benchmark:`` file.
+
+    Keys are the file paths relative to ``directory`` without suffix
+    (e.g. ``correct/S00000``).
+    """
+    out = {}
+    directory = Path(directory)
+    for b in sorted(directory.rglob("*.tsv")):
+        lines = b.read_text().splitlines()
+        if len(lines) < 2:
+            continue
+        row = dict(zip(lines[0].split("\t"), lines[1].split("\t")))
+        key = str(b.relative_to(directory).with_suffix(""))
+        out[key] = {"s": float(row.get("s", "nan")), "max_rss_mb": float(row.get("max_rss", "nan"))}
+    return out
+
+
 def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path], products: dict[str, list[Path]],
-                aggregate_file: Path, benchmarks: Sequence[Path], output: Path) -> dict:
+                aggregate_file: Path, benchmark_dir: Path | None, output: Path) -> dict:
     """``summary.json``: frames, bytes, reduction ratios, hit rate, timings, provenance."""
     with h5py.File(aggregate_file, "r") as f:
         t = {k: f["annotation"][k][()] for k in f["annotation"]}
     bytes_in = int(sum(Path(p).stat().st_size for p in raw_files))
     bytes_out = {name: int(sum(Path(p).stat().st_size for p in paths)) for name, paths in products.items()}
     ratio = {name: (bytes_in / b if b else None) for name, b in bytes_out.items()}
-    timings = {}
-    for b in benchmarks:
-        b = Path(b)
-        if b.is_file():
-            lines = b.read_text().splitlines()
-            if len(lines) >= 2:
-                head, vals = lines[0].split("\t"), lines[1].split("\t")
-                row = dict(zip(head, vals))
-                key = b.parent.name + "/" + b.stem if b.parent.name.startswith(("correct", "annotat", "dark")) else b.stem
-                timings[key] = {"s": float(row.get("s", "nan")), "max_rss_mb": float(row.get("max_rss", "nan"))}
+    timings = read_benchmarks(benchmark_dir) if benchmark_dir else {}
     x = t["xray"]
     n_x = int(x.sum())
     summary = {
@@ -200,6 +226,7 @@ def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path
         "mean_pulse_energy_uj": float(t["pulse_energy"][x].mean()) if n_x else None,
         "timings": timings,
         "total_job_seconds": float(sum(v["s"] for v in timings.values())),
+        "peak_job_memory_mb": float(max((v["max_rss_mb"] for v in timings.values()), default=float("nan"))),
         "provenance": provenance(config, list(raw_files) + [aggregate_file], step="summary", run=run),
     }
     tmp = Path(output).with_suffix(".json.tmp")

@@ -280,13 +280,13 @@ def verdict_html(checks: Sequence[Check], title: str = "Verdict") -> str:
         cbg, cfg = _COLOURS[c.status]
         value = c.value if isinstance(c.value, str) or c.value is None else format(c.value, ".4g")
         rows.append(
-            f'<tr><td style="padding:2px 8px;background:{cbg};color:{cfg};font-weight:bold;'
+            f'<tr><td style="text-align:left;padding:2px 8px;background:{cbg};color:{cfg};font-weight:bold;'
             f'white-space:nowrap">{_SYMBOL[c.status]} {c.status.upper()}</td>'
-            f'<td style="padding:2px 8px">{html.escape(c.name)}</td>'
-            f'<td style="padding:2px 8px;text-align:right;font-family:monospace">'
+            f'<td style="text-align:left;padding:2px 8px">{html.escape(c.name)}</td>'
+            f'<td style="text-align:right;padding:2px 8px;font-family:monospace">'
             f'{html.escape("—" if value is None else str(value))}</td>'
-            f'<td style="padding:2px 8px">{html.escape(c.expected)}</td>'
-            f'<td style="padding:2px 8px">{html.escape(c.message)}</td></tr>'
+            f'<td style="text-align:left;padding:2px 8px">{html.escape(c.expected)}</td>'
+            f'<td style="text-align:left;padding:2px 8px">{html.escape(c.message)}</td></tr>'
         )
     n = {s: sum(c.status == s for c in checks) for s in STATUSES}
     counts = ", ".join(f"{n[s]} {s}" for s in STATUSES if n[s]) or "no checks"
@@ -298,9 +298,9 @@ def verdict_html(checks: Sequence[Check], title: str = "Verdict") -> str:
         f'{_SYMBOL[overall]} {overall.upper()} <span style="font-size:0.6em;font-weight:normal">'
         f"({counts})</span></div>"
         '<table style="border-collapse:collapse;margin-top:6px;background:white;width:100%">'
-        '<thead><tr style="text-align:left"><th style="padding:2px 8px">status</th>'
-        '<th style="padding:2px 8px">check</th><th style="padding:2px 8px">value</th>'
-        '<th style="padding:2px 8px">expected</th><th style="padding:2px 8px">note</th></tr></thead>'
+        '<thead><tr style="text-align:left"><th style="text-align:left;padding:2px 8px">status</th>'
+        '<th style="text-align:left;padding:2px 8px">check</th><th style="text-align:left;padding:2px 8px">value</th>'
+        '<th style="text-align:left;padding:2px 8px">expected</th><th style="text-align:left;padding:2px 8px">note</th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 

@@ -11,6 +11,7 @@ rule annotate_chunk:
     group: "chunk"
     resources: mem_mb=3000, runtime=30
     threads: 2
+    conda: CONDA_ENV
     script: "../scripts/annotate_chunk.py"
 
 
@@ -20,6 +21,7 @@ rule hit_thresholds:
     log: os.path.join(RESULTS, "logs", "r{run}", "hit_thresholds.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "hit_thresholds.tsv")
     resources: mem_mb=1000, runtime=10
+    conda: CONDA_ENV
     script: "../scripts/hit_thresholds.py"
 
 
@@ -31,4 +33,5 @@ rule annotation:
     log: os.path.join(RESULTS, "logs", "r{run}", "annotation", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotation", "S{seq}.tsv")
     resources: mem_mb=1000, runtime=10
+    conda: CONDA_ENV
     script: "../scripts/annotation.py"

@@ -15,18 +15,24 @@ rule dark:
     log: os.path.join(RESULTS, "logs", "dark", "AGIPD{module}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "dark", "AGIPD{module}.tsv")
     resources: mem_mb=3000, runtime=30
+    conda: CONDA_ENV
     script: "../scripts/dark.py"
 
 
 if not USE_PROC:
+    # One job per (run, sequence) corrects all modules: per-module jobs would spend
+    # more time starting Python than correcting on a small run.
     rule correct:
         input:
-            raw=lambda w: raw_file(w.run, w.module, w.seq),
-            constants=os.path.join(RESULTS, "calibration", "constants", "AGIPD{module}.h5"),
-        output: os.path.join(RESULTS, "proc", "r{run}", "CORR-R{run}-AGIPD{module}-S{seq}.h5")
-        log: os.path.join(RESULTS, "logs", "r{run}", "correct", "AGIPD{module}-S{seq}.log")
-        benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "correct", "AGIPD{module}-S{seq}.tsv")
+            raw=lambda w: [raw_file(w.run, m, w.seq) for m in MODULES],
+            constants=expand(os.path.join(RESULTS, "calibration", "constants", "AGIPD{module:02d}.h5"), module=MODULES),
+        output:
+            [os.path.join(RESULTS, "proc", "r{run}", f"CORR-R{{run}}-AGIPD{m:02d}-S{{seq}}.h5") for m in MODULES]
+        params: modules=MODULES
+        log: os.path.join(RESULTS, "logs", "r{run}", "correct", "S{seq}.log")
+        benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "correct", "S{seq}.tsv")
         group: "chunk"
         resources: mem_mb=2000, runtime=30
         threads: 2
+        conda: CONDA_ENV
         script: "../scripts/correct.py"

@@ -8,6 +8,8 @@ import re
 from xfel_reduce.simulate.beamtime import iter_runs, run_plan
 from xfel_reduce.steps import modules_of
 
+# Conda environment for `--sdm conda` (path relative to the rule files)
+CONDA_ENV = "../../envs/xfel-reduce.yaml"
 RESULTS = config["results_dir"]
 PROPOSAL = config["proposal_dir"]
 MODULES = modules_of(config)
@@ -63,5 +65,81 @@ def corr_file(run, module, seq):
     return os.path.join(base, f"CORR-R{int(run):04d}-AGIPD{int(module):02d}-S{int(seq):05d}.h5")
 
 
+def annotation_files(run):
+    return expand(os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANNOT-S{seq}.h5"),
+                  run=f"{int(run):04d}", seq=sequences(run))
+
+
 def technique(run):
     return RUNS[int(run)]["technique"]
+
+
+def run_reference_corr(w):
+    """CORR files of the run's first sequence: they define the run's static mask."""
+    return [corr_file(w.run, m, sequences(w.run)[0]) for m in MODULES]
+
+
+def technique_products(run):
+    """Per-run products of the run's technique, {product name: [files]}."""
+    t, r = technique(run), f"{int(run):04d}"
+    seqs = sequences(run)
+    base = os.path.join(RESULTS, f"r{r}")
+    if t == "sfx":
+        return {
+            "cxi_hits": [os.path.join(base, "sfx", f"hits-S{s}.cxi") for s in seqs],
+            "peak_tables": [os.path.join(base, "sfx", "peaks", f"REDU-R{r}-SFX-S{s}.h5") for s in seqs],
+            "crystfel": [os.path.join(base, "sfx", n) for n in ("hits.lst", "agipd.geom", "hit_statistics.json")],
+        }
+    if t == "xpcs":
+        return {"xpcs": [os.path.join(base, "xpcs", "xpcs.h5")]}
+    if t == "saxs":
+        return {
+            "saxs_frames": [os.path.join(base, "saxs", f"REDU-R{r}-SAXS-S{s}.h5") for s in seqs],
+            "nxcansas": [os.path.join(base, "saxs", n) for n in ("saxs_nxcansas.h5", "saxs_summary.json")],
+        }
+    return {}
+
+
+def truth_file(run):
+    """The simulator's per-frame truth of a simulated run (report cross-checks), or None."""
+    if int(run) in SIM_RUNS:
+        return os.path.join(PROPOSAL, "truth", f"r{int(run):04d}", "truth.h5")
+    return None
+
+
+REPORT_STAGES = {"sfx": "sfx", "xpcs": "xpcs", "saxs": "saxs", "spectroscopy": "spectroscopy"}
+
+
+def run_stages(run):
+    """Report stages of a run: calibration and annotation, then its technique's."""
+    stages = ["annotation"] if USE_PROC else ["calibration", "annotation"]
+    t = REPORT_STAGES.get(technique(run))
+    if t and os.path.exists(os.path.join(workflow.basedir, "reports", f"{t}.ipynb")):
+        stages.append(t)
+    return stages
+
+
+def stage_inputs(run, stage):
+    """Files each stage's notebook reads, {notebook parameter: path or list}."""
+    r = f"{int(run):04d}"
+    seqs = sequences(run)
+    products = technique_products(run)
+    truth = truth_file(run)
+    if stage == "calibration":
+        return {"dark_file": [os.path.join(RESULTS, "calibration", "constants", f"AGIPD{m:02d}.h5") for m in MODULES],
+                "corr_files": [corr_file(run, m, s) for s in seqs for m in MODULES]}
+    if stage == "annotation":
+        return {"annotation_files": annotation_files(run)}
+    if stage == "sfx":
+        out = {"annotation_files": products["peak_tables"], "cxi_files": products["cxi_hits"],
+               "geom_file": os.path.join(RESULTS, f"r{r}", "sfx", "agipd.geom")}
+    elif stage == "xpcs":
+        out = {"xpcs_file": products["xpcs"][0]}
+    elif stage == "saxs":
+        out = {"saxs_file": products["nxcansas"][0]}
+    else:
+        raise ValueError(f"no report inputs defined for stage {stage!r}")
+    if truth:
+        # the SFX notebook checks spots frame by frame (truth.h5); the others need scalars
+        out["truth_file"] = truth if stage == "sfx" else truth.replace("truth.h5", "truth.json")
+    return out

@@ -61,6 +61,7 @@ rule report:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda: CONDA_ENV
     script:
         "../scripts/render_report.py"
 
@@ -86,5 +87,6 @@ rule report_index:
     resources:
         mem_mb=1000,
         runtime=5,
+    conda: CONDA_ENV
     script:
         "../scripts/build_index.py"

@@ -10,6 +10,7 @@ if SIM:
         log: os.path.join(RESULTS, "logs", "simulate_detector.log"),
         benchmark: os.path.join(RESULTS, "benchmarks", "simulate_detector.tsv")
         resources: mem_mb=4000, runtime=10
+        conda: CONDA_ENV
         script: "../scripts/simulate_detector.py"
 
     for _run, _rcfg in SIM_RUNS.items():
@@ -23,4 +24,5 @@ if SIM:
             log: os.path.join(RESULTS, "logs", f"simulate_r{_run:04d}.log")
             benchmark: os.path.join(RESULTS, "benchmarks", f"simulate_r{_run:04d}.tsv")
             resources: mem_mb=6000, runtime=60
+            conda: CONDA_ENV
             script: "../scripts/simulate_run.py"

@@ -3,4 +3,5 @@ from xfel_reduce import steps
 
 steps.setup_logging(snakemake.log[0])
 steps.aggregate_run(snakemake.config, int(snakemake.wildcards.run), snakemake.input.partials,
-                    snakemake.input.annotation, snakemake.output[0])
+                    snakemake.input.annotation, snakemake.output[0],
+                    peak_tables=snakemake.input.peaks)

@@ -166,3 +166,42 @@ def correct_sequence(
             el = time.monotonic() - t0
             progress.info("module %d: %d frames corrected (%.0f frames/s)", module, n_frames, n_frames / max(el, 1e-9))
     return {"frames": n_frames, "seconds": time.monotonic() - t0}
+
+
+class ModuleConstantsView:
+    """Read-only view of per-module constants files as one detector.
+
+    ``view["offset"][g, cells, i]`` reads gain ``g``, cells ``cells`` of the
+    ``i``-th module, so code written for a stacked ``(gain, cell, module, ss, fs)``
+    array reads one module slab at a time (memory stays at one module).
+    """
+
+    class _Stacked:
+        def __init__(self, datasets):
+            self._ds = datasets
+            g, c, ny, nx = datasets[0].shape
+            self.shape = (g, c, len(datasets), ny, nx)
+
+        def __getitem__(self, key):
+            g, cells, i = key
+            return self._ds[i][g, cells]
+
+    def __init__(self, paths):
+        self.files = [h5py.File(p, "r") for p in paths]
+        self.attrs = {"modules": [int(f.attrs["module"]) for f in self.files]}
+
+    def __contains__(self, key: str) -> bool:
+        return all(key in f for f in self.files)
+
+    def __getitem__(self, key: str):
+        return self._Stacked([f[key] for f in self.files])
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -76,7 +76,7 @@ def write_nxcansas(
     """Write the run averages of a :class:`xfel_reduce.saxs.SaxsAccumulator`.
 
     Entries ``sasentry_all``, ``sasentry_on``, ``sasentry_off`` (mean profile,
-    ``Idev`` = standard error of the mean over frames) and
+    ``Idev`` = :meth:`SaxsAccumulator.error`) and
     ``sasentry_on_minus_off``.  The file is written to a temporary name and
     renamed, so a crashed job never leaves a half-written result.  Besides the
     NXcanSAS entries, a plain group ``xfel_reduce`` keeps the full bin axis,
@@ -102,15 +102,14 @@ def write_nxcansas(
     prov = provenance_json(dict(provenance or {}))
     i_units = "a.u./uJ" if acc.xgm_normalised else "a.u."
     process = {"engine": dict(engine_info or {}), "xgm_normalised": bool(acc.xgm_normalised),
-               "Idev": "standard error of the mean over frames"}
+               "Idev": "max(standard error of the mean over frames, Poisson error of the mean)"}
     q = np.asarray(acc.radial, dtype=np.float64)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         f.attrs.update({"NX_class": "NXroot", "default": "sasentry_all",
                         "file_name": path.name, "creator": "xfel-reduce"})
         for g in ("all", "on", "off"):
-            mean, sem, _ = acc.mean(g)
-            _entry(f, g, title, q, mean, sem, i_units, process, prov, acc.frames[g], run)
+            _entry(f, g, title, q, acc.mean(g)[0], acc.error(g), i_units, process, prov, acc.frames[g], run)
         diff, err = acc.difference()
         _entry(f, "on_minus_off", title, q, diff, err, i_units, process, prov,
                min(acc.frames["on"], acc.frames["off"]), run)
@@ -123,6 +122,7 @@ def write_nxcansas(
             sub.create_dataset("I", data=mean)
             sub.create_dataset("sem", data=sem)
             sub.create_dataset("poisson_err", data=perr)
+            sub.create_dataset("error", data=acc.error(g))
             sub.create_dataset("n_frames_per_bin", data=acc.n[g])
             sub.attrs["frames"] = int(acc.frames[g])
             sub.attrs["pulse_energy_sum_uj"] = float(acc.energy_sum[g])

@@ -25,3 +25,25 @@ def da_filename(run: int, sequence: int) -> str:
 
 def corr_filename(run: int, module: int, sequence: int) -> str:
     return f"CORR-R{run:04d}-AGIPD{module:02d}-S{sequence:05d}.h5"
+
+
+# -- JUNGFRAU (spectroscopy, e.g. the von Hamos spectrometer at HED) ---------------
+#: JUNGFRAU detector name; raw source ``{JF_DETECTOR}/DET/JNGFR01:daqOutput`` and
+#: corrected ``…/CORR/JNGFR01:daqOutput`` as extra-data's JUNGFRAU component expects.
+JF_DETECTOR = "HED_IA1_JF500K1"
+JF_RAW_SOURCE = JF_DETECTOR + "/DET/JNGFR{module:02d}:daqOutput"
+JF_CORR_SOURCE = JF_DETECTOR + "/CORR/JNGFR{module:02d}:daqOutput"
+#: Slow control of the JUNGFRAU (gain mode, memory cells, exposure).
+JF_CONTROL = "HED_IA1_JF500K1/DET/CONTROL"
+SPECTRA_SOURCE = "HED_XFEL_REDU/SPECTROSCOPY/JNGFR{module:02d}:output"
+
+#: JUNGFRAU ``gainMode`` values written for dark runs: adaptive, then forced G1, G2.
+JF_GAIN_MODE = {0: "dynamicgain", 1: "forceswitchg1", 2: "forceswitchg2"}
+
+
+def jf_raw_filename(run: int, module: int, sequence: int) -> str:
+    return f"RAW-R{run:04d}-JNGFR{module:02d}-S{sequence:05d}.h5"
+
+
+def jf_corr_filename(run: int, module: int, sequence: int) -> str:
+    return f"CORR-R{run:04d}-JNGFR{module:02d}-S{sequence:05d}.h5"

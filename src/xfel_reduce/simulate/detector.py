@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 N_GAINS = 3
@@ -143,22 +144,64 @@ def raw_frames(
         ``(n_frames, 512, 128)`` uint8: the true gain stage.
     """
     n = photons.shape[0]
-    cells = np.asarray(cells, dtype=np.intp)
-    if forced_gain is None:
-        stage = gain_stage_for(photons, truth.params)
-    else:
-        stage = np.full(photons.shape, forced_gain, np.uint8)
-    # Gather the per-stage constants of every pixel of every frame in one pass.
-    idx = stage.astype(np.intp)[:, None]
-    def take(arr: np.ndarray) -> np.ndarray:
-        per_cell = arr[:, cells]  # (3, n, 512, 128)
-        return np.take_along_axis(per_cell.transpose(1, 0, 2, 3), idx, axis=1)[:, 0]
-
-    analog = take(truth.offset) + photons * take(truth.adu_per_photon)
-    analog += take(truth.noise) * rng.standard_normal((n,) + MODULE_SHAPE, dtype=np.float32)
-    digital = take(truth.digital) + truth.params["digital_noise"] * rng.standard_normal(
-        (n,) + MODULE_SHAPE, dtype=np.float32)
+    cells = np.ascontiguousarray(cells, dtype=np.int64)
+    p = truth.params
+    # One draw from the caller's generator keys a counter-based generator inside the
+    # kernel: noise is then reproducible whatever the number of threads, and costs
+    # no temporary arrays.
+    key = np.uint64(rng.integers(0, 2**63 - 1, dtype=np.int64))
     raw = np.empty((n, 2) + MODULE_SHAPE, np.uint16)
-    raw[:, 0] = np.clip(np.rint(analog), 0, ADC_MAX)
-    raw[:, 1] = np.clip(np.rint(digital), 0, ADC_MAX)
+    stage = np.empty((n,) + MODULE_SHAPE, np.uint8)
+    _raw_kernel(np.ascontiguousarray(photons, dtype=np.float32), cells,
+                -1 if forced_gain is None else int(forced_gain),
+                np.float32(p["switch_photons_hg"]), np.float32(p["switch_photons_mg"]),
+                truth.offset, truth.adu_per_photon, truth.noise, truth.digital,
+                np.float32(p["digital_noise"]), key, raw, stage)
     return raw, stage
+
+
+@numba.njit(inline="always")
+def _splitmix64(z):  # pragma: no cover - compiled
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(inline="always")
+def _normal_pair(key, j):  # pragma: no cover - compiled
+    """Two independent N(0, 1) values for counter ``j`` (Box–Muller on splitmix64)."""
+    h1 = _splitmix64(key ^ (j * np.uint64(2)))
+    h2 = _splitmix64(key ^ (j * np.uint64(2) + np.uint64(1)))
+    u1 = ((h1 >> np.uint64(11)) + np.uint64(1)) * (1.0 / 9007199254740993.0)  # (0, 1]
+    u2 = (h2 >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    r = np.sqrt(-2.0 * np.log(u1))
+    return r * np.cos(2.0 * np.pi * u2), r * np.sin(2.0 * np.pi * u2)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _raw_kernel(photons, cells, forced, sw_hg, sw_mg, offset, gain, noise, digital, d_noise,
+                key, raw, stage):  # pragma: no cover - compiled
+    n, ny, nx = photons.shape
+    for k in numba.prange(n * ny):
+        i = k // ny
+        y = k % ny
+        c = cells[i]
+        for x in range(nx):
+            ph = photons[i, y, x]
+            if forced >= 0:
+                g = forced
+            elif ph >= sw_mg:
+                g = 2
+            elif ph >= sw_hg:
+                g = 1
+            else:
+                g = 0
+            za, zd = _normal_pair(key, np.uint64((i * ny + y) * nx + x))
+            a = offset[g, c, y, x] + ph * gain[g, c, y, x] + noise[g, c, y, x] * za
+            d = digital[g, c, y, x] + d_noise * zd
+            a = min(max(np.rint(a), 0.0), 16383.0)
+            d = min(max(np.rint(d), 0.0), 16383.0)
+            raw[i, 0, y, x] = np.uint16(a)
+            raw[i, 1, y, x] = np.uint16(d)
+            stage[i, y, x] = g

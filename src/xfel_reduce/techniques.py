@@ -1,0 +1,237 @@
+"""Workflow steps of the technique-specific reductions (SFX, XPCS, SAXS).
+
+Each technique has a per-sequence step that reads the sequence's CORR files and its
+annotation (one-way data flow: calibration → annotation → technique) and writes a
+mergeable partial, and a per-run step that merges the partials into the products.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from . import geometry
+from .io import sources
+from .io.euxfel import AtomicH5File
+from .io.frames import SequenceFrames
+from .io.provenance import attach_provenance, provenance
+from .io.redu import read_frame_table, write_frame_table
+from .steps import modules_of
+
+log = logging.getLogger("xfel_reduce")
+
+SFX_SOURCE = "SPB_XFEL_REDU/SFX/PEAKS:output"
+
+
+def run_setup(config: dict, run: int) -> dict:
+    """Distance and photon energy of a run.
+
+    Taken from the run's entry in ``runs`` if given there, else from the simulation
+    plan of a simulated run, else from the ``geometry`` section.
+    """
+    entry = next((r for r in config["runs"] if int(r["run"]) == int(run)), {})
+    out = {"distance_m": entry.get("distance_m"), "photon_energy_kev": entry.get("photon_energy_kev")}
+    sim = config.get("simulate", {})
+    if sim.get("enabled"):
+        from .simulate.beamtime import iter_runs, run_plan
+        for rc in iter_runs(sim):
+            if int(rc["run"]) == int(run):
+                plan = run_plan(sim, rc)
+                out["distance_m"] = out["distance_m"] or plan["distance_m"]
+                out["photon_energy_kev"] = out["photon_energy_kev"] or plan["photon_energy_kev"]
+    geo = config.get("geometry", {})
+    out["distance_m"] = float(out["distance_m"] or geo.get("distance_m", 0.5))
+    out["photon_energy_kev"] = float(out["photon_energy_kev"] or geo.get("photon_energy_kev", 9.3))
+    return out
+
+
+def _reader(config: dict, corr_files: Sequence[Path], da_file: Path | None) -> SequenceFrames:
+    return SequenceFrames(dict(zip(modules_of(config), map(Path, corr_files))), da_file)
+
+
+def _annotation_lookup(annotation_file: Path):
+    """(trainId, pulseId) → row of the sequence's annotation table."""
+    table = read_frame_table(Path(annotation_file), sources.ANNOTATION_SOURCE)
+    keys = table["trainId"] * np.uint64(1 << 16) + table["pulseId"]
+    order = np.argsort(keys)
+
+    def rows(train_ids: np.ndarray, pulse_ids: np.ndarray) -> np.ndarray:
+        k = np.asarray(train_ids, np.uint64) * np.uint64(1 << 16) + np.asarray(pulse_ids, np.uint64)
+        pos = np.searchsorted(keys, k, sorter=order)
+        idx = order[np.minimum(pos, len(order) - 1)]
+        if not np.array_equal(keys[idx], k):
+            raise ValueError(f"{annotation_file}: frames of the CORR data are missing from the annotation")
+        return idx
+
+    return table, rows
+
+
+# -- SFX ----------------------------------------------------------------------------
+def sfx_chunk(config: dict, run: int, corr_files: Sequence[Path], annotation_file: Path,
+              out_cxi: Path, out_table: Path) -> None:
+    """Peak finding on one sequence: hit-only CXI file and per-frame peak table."""
+    from . import sfx
+    from .io import cxi
+
+    mods = modules_of(config)
+    setup = run_setup(config, run)
+    params = sfx.PeakFinderParams.from_config(config.get("sfx", {}).get("peakfinder"))
+    geom = geometry.geometry_from_config(config.get("geometry", {}))
+    finder = sfx.PeakFinder(sfx.radius_map_px(geom, mods), params)
+    annot, rows = _annotation_lookup(annotation_file)
+    prov = provenance(config, list(corr_files) + [annotation_file], step="sfx_chunk", run=run)
+    reader = _reader(config, corr_files, None)
+    with cxi.CxiHitWriter(out_cxi, modules=mods, provenance=prov, max_peaks=params.max_num_peaks,
+                          photon_energy_kev=setup["photon_energy_kev"], distance_m=setup["distance_m"],
+                          compression=config.get("sfx", {}).get("cxi_compression")) as w:
+        table = sfx.process_sequence(reader, finder, w, progress=log)
+    # Only X-ray frames can be hits: a peak pattern on a dark frame is a detector problem.
+    xray = annot["xray"][rows(table["trainId"], table["pulseId"])]
+    table["hit"] = table["hit"] & xray
+    table["xray"] = xray
+    write_frame_table(Path(out_table), SFX_SOURCE, table, prov, run=run, run_type="sfx peaks")
+
+
+def sfx_run(config: dict, run: int, cxi_files: Sequence[Path], tables: Sequence[Path],
+            out_lst: Path, out_geom: Path, out_stats: Path) -> dict:
+    """Run products: CrystFEL event list and geometry, hit statistics."""
+    from . import sfx
+    from .io import cxi
+
+    setup = run_setup(config, run)
+    n = cxi.write_event_list(out_lst, cxi_files)
+    geom = geometry.geometry_from_config(config.get("geometry", {}))
+    cxi.write_crystfel_geom(geom, out_geom, photon_energy_kev=setup["photon_energy_kev"],
+                            distance_m=setup["distance_m"])
+    t = [read_frame_table(Path(p), SFX_SOURCE) for p in tables]
+    cat = {k: np.concatenate([x[k] for x in t]) for k in t[0]}
+    stats = sfx.hit_statistics(cat["trainId"], cat["pulseId"], cat["n_peaks"], cat["hit"], xray=cat["xray"])
+    stats = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in stats.items()}
+    stats["events_in_lst"] = n
+    stats["provenance"] = provenance(config, list(cxi_files) + list(tables), step="sfx_run", run=run)
+    tmp = Path(out_stats).with_suffix(".tmp")
+    tmp.write_text(json.dumps(stats, indent=1, default=float))
+    tmp.replace(out_stats)
+    return stats
+
+
+# -- XPCS -----------------------------------------------------------------------------
+def _static_mask(config: dict, reference_corr: Sequence[Path]) -> np.ndarray:
+    """Pixels bad in any frame of the first train of the run's first sequence.
+
+    Every chunk of a run uses this same mask, so ring labels — and thus the
+    partial sums — are defined identically however the run is split.
+    """
+    chunk = next(_reader(config, reference_corr, None).iter_chunks(1))
+    return np.bitwise_or.reduce(chunk.mask, axis=0)
+
+
+def xpcs_labels(config: dict, run: int, reference_corr: Sequence[Path]):
+    from . import xpcs
+
+    setup = run_setup(config, run)
+    geom = geometry.geometry_from_config(config.get("geometry", {}))
+    pos = geometry.pixel_positions(geom, setup["distance_m"], modules_of(config))
+    q = geometry.q_map(pos, setup["photon_energy_kev"])
+    rings = config.get("xpcs", {}).get("rings", [0.08, 0.11, 0.14, 0.17, 0.20, 0.24, 0.30])
+    labels = xpcs.ring_labels(q, _static_mask(config, reference_corr), np.asarray(rings, float))
+    return labels, xpcs.ring_q(q, labels)
+
+
+def xpcs_chunk(config: dict, run: int, corr_files: Sequence[Path], annotation_file: Path,
+               reference_corr: Sequence[Path], output: Path) -> None:
+    """Correlation sums of one sequence (X-ray frames only)."""
+    from . import xpcs
+
+    cfg = config.get("xpcs", {})
+    labels, _ = xpcs_labels(config, run, reference_corr)
+    annot, rows = _annotation_lookup(annotation_file)
+    # The two-time matrix size must be the same in every chunk of the run.
+    n_frames = int(cfg.get("frames_per_train") or np.bincount(
+        np.unique(annot["trainId"], return_inverse=True)[1], weights=annot["xray"]).max())
+    part = xpcs.XpcsPartial(labels, n_frames=n_frames, max_train_lag=int(cfg.get("max_train_lag", 10)),
+                            photonize_threshold=cfg.get("photonize_threshold", 0.5))
+    reader = _reader(config, corr_files, None)
+    done = 0
+    for chunk in reader.iter_chunks(int(config["calibration"].get("trains_per_chunk", 4))):
+        xray = annot["xray"][rows(chunk.train_ids, chunk.pulse_ids)]
+        for tid in np.unique(chunk.train_ids):
+            sel = (chunk.train_ids == tid) & xray
+            if sel.any():
+                part.add_train(int(tid), chunk.data[sel])
+        done += chunk.chunk_train_ids.size
+        log.info("xpcs: %d/%d trains correlated", done, reader.train_ids.size)
+    with AtomicH5File(output) as f:
+        attach_provenance(f, provenance(config, list(corr_files) + [annotation_file], step="xpcs_chunk", run=run))
+        part.to_h5(f.create_group("xpcs_partial"))
+
+
+def xpcs_run(config: dict, run: int, partials: Sequence[Path], reference_corr: Sequence[Path],
+             da_file: Path, output: Path) -> dict:
+    """Merge the partials; g2, fits, D and contrast of the run."""
+    from . import xpcs
+
+    merged = None
+    for p in partials:
+        with h5py.File(p, "r") as f:
+            part = xpcs.XpcsPartial.from_h5(f["xpcs_partial"])
+        merged = part if merged is None else merged.merge(part)
+    _, q_rings = xpcs_labels(config, run, reference_corr)
+    pulse_spacing = _pulse_spacing_s(da_file)
+    train_spacing = float(config.get("xpcs", {}).get("train_spacing_s", 0.1))
+    ana = xpcs.analyse(merged, q_rings, pulse_spacing, train_spacing)
+    xpcs.write_xpcs_h5(output, ana, provenance(config, list(partials), step="xpcs_run", run=run,
+                                               pulse_spacing_s=pulse_spacing))
+    return ana
+
+
+def _pulse_spacing_s(da_file: Path) -> float:
+    """Frame spacing from the AGIPD control data (repetition rate in MHz)."""
+    from .io.runs import open_file
+
+    f = open_file(da_file)
+    rate = float(f[sources.AGIPD_CONTROL, "bunchStructure.repetitionRate"].as_single_value())
+    return 1e-6 / rate
+
+
+# -- SAXS -----------------------------------------------------------------------------
+def saxs_engine(config: dict, run: int, reference_corr: Sequence[Path]):
+    """The run's azimuthal integrator (same geometry, bins and static mask in every chunk)."""
+    from .saxs import AzimuthalEngine
+
+    cfg = config.get("saxs", {})
+    setup = run_setup(config, run)
+    geom = geometry.geometry_from_config(config.get("geometry", {}))
+    q_range = cfg.get("q_range")
+    return AzimuthalEngine.from_geometry(
+        geom, setup["distance_m"], setup["photon_energy_kev"], int(cfg.get("npt", 500)),
+        q_range=tuple(q_range) if q_range else None, unit="q_nm^-1", split=cfg.get("split", "no"),
+        mask=_static_mask(config, reference_corr) != 0, solid_angle=True,
+        polarisation=float(cfg.get("polarisation", 0.99)), modules=modules_of(config))
+
+
+def saxs_chunk(config: dict, run: int, corr_files: Sequence[Path], annotation_file: Path,
+               reference_corr: Sequence[Path], frames_out: Path, partial_out: Path) -> dict:
+    """Per-frame I(q), σ(q) of one sequence and its mergeable partial."""
+    from .saxs import integrate_sequence
+
+    engine = saxs_engine(config, run, reference_corr)
+    prov = provenance(config, list(corr_files) + [annotation_file], step="saxs_chunk", run=run)
+    return integrate_sequence(engine, corr_files, annotation_file, frames_out, partial_out, prov,
+                              xgm_normalise=bool(config.get("saxs", {}).get("xgm_normalise", False)))
+
+
+def saxs_run(config: dict, run: int, partials: Sequence[Path], output: Path, output_json: Path) -> dict:
+    """Run averages (all, laser on, off, on−off) as NXcanSAS, with sphere fits."""
+    from .saxs import gather_run
+
+    prov = provenance(config, list(partials), step="saxs_run", run=run)
+    res = gather_run(partials, output, prov, title=f"SAXS run {run}", run=f"r{run:04d}")
+    tmp = Path(output_json).with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=float))
+    tmp.replace(output_json)
+    return res
