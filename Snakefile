@@ -15,6 +15,7 @@ include: "workflow/rules/annotation.smk"
 include: "workflow/rules/sfx.smk"
 include: "workflow/rules/xpcs.smk"
 include: "workflow/rules/saxs.smk"
+include: "workflow/rules/spectroscopy.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 

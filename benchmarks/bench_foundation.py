@@ -15,7 +15,6 @@ import numpy as np
 
 from xfel_reduce.annotate import AnnotationConfig, frame_stats, frame_stats_reference_numpy
 from xfel_reduce.calibrate.correct import CorrectionConstants, correct, correct_reference_numpy
-from xfel_reduce.calibrate.dark import BadPixelRules  # noqa: F401  (import cost belongs to the library)
 from xfel_reduce.simulate.detector import make_module_truth, raw_frames
 
 

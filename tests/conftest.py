@@ -63,7 +63,8 @@ def reduce_run(cfg: dict, run: int) -> dict:
     steps.aggregate_run(cfg, run, partials, annots, agg)
     raw_files = sorted(raw_dir.glob("*.h5"))
     summary = res / f"r{run:04d}" / "summary.json"
-    steps.run_summary(cfg, run, "spi", raw_files, {"annotation": annots, "aggregate": [agg]}, agg, None, summary)
+    steps.run_summary(cfg, run, "spi", raw_files, {"annotation": annots, "aggregate": [agg]},
+                      steps.load_run_table(agg), None, summary, inputs=[agg])
     out.update(constants=consts, corr_dir=corr_dir, partials=partials, annotation=annots,
                aggregate=agg, summary=summary, raw_dir=raw_dir, thresholds=thr)
     return out

@@ -607,11 +607,17 @@ def output_digest(workdir: Path, subdirs: tuple[str, ...] = ("raw", "proc", "res
     return digest
 
 
-def h5_content_digest(path: Path) -> str:
-    """SHA-256 over every dataset and attribute of an HDF5 file, provenance excluded.
+#: HDF5 datasets that record *when* a file was written, not what it holds:
+#: EuXFEL METADATA dates and the simulator's wall-clock train timestamps.
+WALL_CLOCK_DATASETS = re.compile(r"(^|/)(timestamp|creationDate|updateDate)$")
 
-    Provenance (creation time, host, input sizes) legitimately differs between
-    two runs of the same workflow; everything else must be identical.
+
+def h5_content_digest(path: Path) -> str:
+    """SHA-256 over every dataset and attribute of an HDF5 file.
+
+    Provenance (creation time, host, input sizes) and wall-clock stamps
+    (:data:`WALL_CLOCK_DATASETS`) legitimately differ between two runs of the
+    same workflow and are skipped; every other byte must be identical.
     """
     import hashlib
 
@@ -620,21 +626,29 @@ def h5_content_digest(path: Path) -> str:
 
     h = hashlib.sha256()
 
+    def _value_bytes(value: object) -> bytes:
+        arr = np.asarray(value)
+        if arr.dtype.kind == "O":
+            # Variable-length strings: hash the text, not the object pointers.
+            return repr([v.decode() if isinstance(v, bytes) else v
+                         for v in arr.ravel().tolist()]).encode()
+        return np.ascontiguousarray(arr).tobytes()
+
     def _attrs(obj: "h5py.HLObject") -> None:
         for key in sorted(obj.attrs):
             if "provenance" in key.lower():
                 continue
             h.update(key.encode())
-            h.update(np.asarray(obj.attrs[key]).tobytes())
+            h.update(_value_bytes(obj.attrs[key]))
 
     def _visit(name: str, obj: "h5py.HLObject") -> None:
-        if "provenance" in name.lower():
+        if "provenance" in name.lower() or WALL_CLOCK_DATASETS.search(name):
             return
         h.update(name.encode())
         _attrs(obj)
         if isinstance(obj, h5py.Dataset):
             h.update(str(obj.dtype).encode())
-            h.update(np.ascontiguousarray(obj[()]).tobytes())
+            h.update(_value_bytes(obj[()]))
 
     with h5py.File(path, "r") as f:
         _attrs(f)
@@ -642,17 +656,28 @@ def h5_content_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def results_digest(root: Path, skip_json_keys: tuple[str, ...] = ("provenance", "timings")
+#: summary.json entries measured from the run itself (benchmarks, provenance).
+RUN_SPECIFIC_JSON_KEYS = ("provenance", "timings", "total_job_seconds",
+                          "peak_job_memory_mb")
+
+
+def results_digest(root: Path, skip_json_keys: tuple[str, ...] = RUN_SPECIFIC_JSON_KEYS
                    ) -> dict[str, str]:
-    """Content digest of a results/proposal tree: HDF5 by content, JSON minus
-    run-specific keys, everything else byte-wise; benchmark files skipped."""
+    """Content digest of a results/proposal tree.
+
+    HDF5 by content (:func:`h5_content_digest`), JSON minus run-specific keys,
+    everything else byte-wise.  Skipped: benchmark records (timings), logs and
+    rendered HTML reports (they embed dates and paths; the data they show are
+    compared through the files they were rendered from).
+    """
     import hashlib
     import json
 
     out: dict[str, str] = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
-        if not path.is_file() or "benchmarks" in rel.split("/") or rel.endswith(".log"):
+        if (not path.is_file() or "benchmarks" in rel.split("/")
+                or path.suffix in (".log", ".html")):
             continue
         if path.suffix == ".h5":
             out[rel] = h5_content_digest(path)

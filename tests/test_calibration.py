@@ -1,8 +1,6 @@
 """Dark characterisation and correction against the simulated detector truth."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -10,7 +8,7 @@ from xfel_reduce.calibrate import agipd
 from xfel_reduce.calibrate.badpixels import BadPixels
 from xfel_reduce.calibrate.correct import (CommonMode, CorrectionConstants, correct,
                                            correct_reference_numpy)
-from xfel_reduce.simulate.beamtime import simulate_run, write_detector_truth
+from xfel_reduce.simulate.beamtime import simulate_run
 from xfel_reduce.simulate.detector import make_module_truth, raw_frames
 
 N_DARK_TRAINS = 250  # offset error σ/√n ≈ 0.6 ADU at 10 ADU noise → median |error| ≈ 0.43 ADU

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 import time
@@ -60,7 +59,7 @@ def test_nonexistent_run_stops_the_workflow_with_a_message(tmp_path):
     p.write_text(yaml.safe_dump(cfg))
     res = _snakemake("-n", "--configfile", str(p))
     assert res.returncode != 0
-    assert "run 99: no files" in res.stdout + res.stderr
+    assert "run 99: no AGIPD00 files" in res.stdout + res.stderr
 
 
 def test_dag_of_16_modules_x_50_sequences_without_reading_data(tmp_path):
@@ -78,6 +77,7 @@ def test_dag_of_16_modules_x_50_sequences_without_reading_data(tmp_path):
     (pd / "calib" / "agipd_gain_constants.h5").touch()
     cfg = copy.deepcopy(DEFAULT)
     cfg.update(proposal_dir=str(pd), results_dir=str(tmp_path / "results"))
+    cfg["runs"] = [{"run": 10, "technique": "spi"}]
     cfg["simulate"]["enabled"] = False
     cfg["calibration"]["gain_constants"] = str(pd / "calib" / "agipd_gain_constants.h5")
     p = tmp_path / "cfg.yaml"

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -16,7 +14,6 @@ from xfel_reduce.aggregate import Moments
 from xfel_reduce.io import sources
 from xfel_reduce.io.frames import SequenceFrames
 from xfel_reduce.io.provenance import read_provenance
-from xfel_reduce.io.redu import read_frame_table
 from xfel_reduce.io.runs import InputDataError
 
 

@@ -180,6 +180,17 @@ config["report"]["templates"] = {templates!r}
 config["report"]["run_params"] = {run_params!r}
 
 
+CONDA_ENV = "../../envs/xfel-reduce.yaml"
+
+
+def scaled(value):
+    return lambda wildcards, attempt: value * attempt
+
+
+def stage_defaults(run, stage):
+    return {{}}
+
+
 def run_stages(run):
     return ["calibration", "annotation"]
 

@@ -11,7 +11,28 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import h5py
+import numba
 import numpy as np
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _batch_moments(batch, count, mean, m2):  # pragma: no cover - compiled
+    """Count, mean and M2 over axis 0 of ``batch`` (n, p), NaN skipped, one pass."""
+    n, p = batch.shape
+    for j in numba.prange(p):
+        c = 0
+        mu = 0.0
+        s2 = 0.0
+        for i in range(n):
+            v = batch[i, j]
+            if v == v:  # not NaN
+                c += 1
+                d = v - mu
+                mu += d / c
+                s2 += d * (v - mu)
+        count[j] = c
+        mean[j] = mu
+        m2[j] = s2
 
 
 @dataclass
@@ -45,15 +66,14 @@ class Moments:
             raise ValueError(f"batch of shape {batch.shape} does not fit samples of {self.shape}")
         if batch.shape[0] == 0:
             return self
-        valid = ~np.isnan(batch)
-        n = valid.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            total = np.where(valid, batch, 0.0).sum(axis=0, dtype=np.float64)
-            mean = np.where(n > 0, total / np.maximum(n, 1), 0.0)
-            dev = np.where(valid, batch - mean, 0.0)
-        m2 = np.einsum("i...,i...->...", dev, dev, dtype=np.float64) if dev.ndim > 1 else np.dot(dev, dev)
+        # One compiled pass (Welford per element) instead of several array-sized
+        # temporaries: this runs on every image of every run.
+        flat = np.ascontiguousarray(batch.reshape(batch.shape[0], -1))
+        if flat.dtype not in (np.float32, np.float64):
+            flat = flat.astype(np.float64)
         other = Moments(self.shape)
-        other.count, other.mean, other.m2 = n.astype(np.int64), mean, np.asarray(m2, dtype=np.float64)
+        count, mean, m2 = other.count.reshape(-1), other.mean.reshape(-1), other.m2.reshape(-1)
+        _batch_moments(flat, count, mean, m2)
         return self.merge(other)
 
     def merge(self, other: "Moments") -> "Moments":

@@ -134,9 +134,7 @@ def pyfai_integrator(geom, distance_m: float, photon_energy_kev: float, modules:
     """
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
-    if modules is not None and list(modules) != list(range(geom.n_modules)):
-        geom = geom.take_modules(list(modules)) if hasattr(geom, "take_modules") else geom
-    detector = geom.to_pyfai_detector()
+    detector = pyfai_detector(geom, modules)
     return AzimuthalIntegrator(
         dist=float(distance_m),
         poni1=0.0,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -47,17 +46,24 @@ def modules_of(config: dict) -> list[int]:
 
 # -- simulation ---------------------------------------------------------------------
 def simulate_detector(config: dict) -> None:
-    from .simulate.beamtime import write_detector_truth
-    write_detector_truth(Path(config["proposal_dir"]), config["simulate"], config)
+    from .simulate.beamtime import iter_runs, write_detector_truth
+    from .simulate.jungfrau import JUNGFRAU_RUN_TYPES, write_jungfrau_detector_truth
+
+    sim = config["simulate"]
+    write_detector_truth(Path(config["proposal_dir"]), sim, config)
+    if any(r.get("type") in JUNGFRAU_RUN_TYPES for r in iter_runs(sim)):
+        write_jungfrau_detector_truth(Path(config["proposal_dir"]), sim, config)
 
 
 def simulate_run(config: dict, run: int) -> list[Path]:
     from .simulate.beamtime import iter_runs, simulate_run as _sim
+    from .simulate.jungfrau import JUNGFRAU_RUN_TYPES, simulate_jungfrau_run
 
     sim = config["simulate"]
     for run_cfg in iter_runs(sim):
         if int(run_cfg["run"]) == int(run):
-            return _sim(Path(config["proposal_dir"]), sim, run_cfg, config, progress=log)
+            fn = simulate_jungfrau_run if run_cfg.get("type") in JUNGFRAU_RUN_TYPES else _sim
+            return fn(Path(config["proposal_dir"]), sim, run_cfg, config, progress=log)
     raise ValueError(f"run {run} is not among the simulated runs of the config")
 
 
@@ -198,36 +204,50 @@ def read_benchmarks(directory: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path], products: dict[str, list[Path]],
-                aggregate_file: Path, benchmark_dir: Path | None, output: Path) -> dict:
-    """``summary.json``: frames, bytes, reduction ratios, hit rate, timings, provenance."""
+def load_run_table(aggregate_file: Path) -> dict[str, np.ndarray]:
+    """The run's per-frame annotation table from the aggregate file."""
     with h5py.File(aggregate_file, "r") as f:
-        t = {k: f["annotation"][k][()] for k in f["annotation"]}
+        return {k: f["annotation"][k][()] for k in f["annotation"]}
+
+
+def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path], products: dict[str, list[Path]],
+                table: dict[str, np.ndarray], benchmark_dir: Path | None, output: Path,
+                inputs: Sequence[Path] = (), extra: dict | None = None) -> dict:
+    """``summary.json``: frames, bytes, reduction ratios, hit rate, timings, provenance.
+
+    ``table`` is the run's per-frame table (annotation, or the spectroscopy frame
+    table); columns a technique does not produce (``hit``, ``modules_present``…)
+    are reported as absent rather than invented.
+    """
+    t = table
     bytes_in = int(sum(Path(p).stat().st_size for p in raw_files))
     bytes_out = {name: int(sum(Path(p).stat().st_size for p in paths)) for name, paths in products.items()}
     ratio = {name: (bytes_in / b if b else None) for name, b in bytes_out.items()}
     timings = read_benchmarks(benchmark_dir) if benchmark_dir else {}
-    x = t["xray"]
+    x = t["xray"].astype(bool)
     n_x = int(x.sum())
+    hits = int(t["hit"].sum()) if "hit" in t else None
     summary = {
         "run": int(run),
         "run_type": technique,
         "frames_in": int(t["trainId"].size),
         "xray_frames": n_x,
-        "frames_out": {"annotation": int(t["trainId"].size), "hits": int(t["hit"].sum())},
-        "frames_incomplete": int((t["modules_present"] < len(modules_of(config))).sum()),
-        "frames_without_beam_data": int((~t["beam_data"]).sum()),
+        "frames_out": {"annotation": int(t["trainId"].size), **({"hits": hits} if hits is not None else {})},
+        "frames_incomplete": (int((t["modules_present"] < len(modules_of(config))).sum())
+                              if "modules_present" in t else None),
+        "frames_without_beam_data": int((~t["beam_data"]).sum()) if "beam_data" in t else None,
         "trains": int(np.unique(t["trainId"]).size),
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "reduction_ratio": ratio,
-        "hit_rate": (float(t["hit"].sum()) / n_x) if n_x else None,
+        "hit_rate": (hits / n_x) if (n_x and hits is not None) else None,
         "laser_on_fraction": (float((t["ppl"] & x).sum()) / n_x) if n_x else None,
         "mean_pulse_energy_uj": float(t["pulse_energy"][x].mean()) if n_x else None,
         "timings": timings,
         "total_job_seconds": float(sum(v["s"] for v in timings.values())),
         "peak_job_memory_mb": float(max((v["max_rss_mb"] for v in timings.values()), default=float("nan"))),
-        "provenance": provenance(config, list(raw_files) + [aggregate_file], step="summary", run=run),
+        "provenance": provenance(config, list(raw_files) + list(inputs), step="summary", run=run),
+        **(extra or {}),
     }
     tmp = Path(output).with_suffix(".json.tmp")
     tmp.parent.mkdir(parents=True, exist_ok=True)

@@ -235,3 +235,82 @@ def saxs_run(config: dict, run: int, partials: Sequence[Path], output: Path, out
     tmp.write_text(json.dumps(res, indent=1, default=float))
     tmp.replace(output_json)
     return res
+
+
+# -- Spectroscopy (JUNGFRAU) ---------------------------------------------------------------
+def _spec_cfg(config: dict):
+    from .spectroscopy import SpectroscopyConfig
+
+    return SpectroscopyConfig.from_dict(config.get("spectroscopy", {}))
+
+
+def jungfrau_dark(config: dict, dark_dirs: Sequence[Path], output: Path, inputs: Sequence[Path] = ()) -> None:
+    """Dark constants of the JUNGFRAU module (one dark run per gain stage)."""
+    from .calibrate import jungfrau as jf
+    from .calibrate.dark import BadPixelRules
+
+    jcfg = config["calibration"]["jungfrau"]
+    module = _spec_cfg(config).module
+    n_cells = int(jcfg.get("memory_cells", 16))
+    dark = jf.characterise_jungfrau({g: Path(d) for g, d in enumerate(dark_dirs)}, module, n_cells,
+                                    BadPixelRules.from_dict(config["calibration"].get("badpixels")))
+    gain = jf.read_gain_constants(Path(jcfg["gain_constants"]), module, n_cells)
+    prov = provenance(config, list(inputs) + [jcfg["gain_constants"]], step="jungfrau_dark", module=module)
+    jf.write_constants(Path(output), module, dark, gain, prov)
+
+
+def jungfrau_correct(config: dict, raw: Path, constants: Path, output: Path) -> dict:
+    from .calibrate import jungfrau as jf
+
+    module = _spec_cfg(config).module
+    prov = provenance(config, [raw, constants], step="jungfrau_correct", module=module)
+    return jf.correct_sequence(Path(raw), Path(output), module, jf.load_constants(Path(constants)), prov,
+                               progress=log)
+
+
+def spectroscopy_image(config: dict, run: int, corr: Path, da: Path, output: Path) -> None:
+    """Pass 1: the sequence's ROI image moments (for the curvature fit)."""
+    from . import spectroscopy
+
+    prov = provenance(config, [corr, da], step="spectroscopy_image", run=run)
+    spectroscopy.image_sequence(Path(corr), Path(da), _spec_cfg(config), Path(output), prov)
+
+
+def spectroscopy_curvature(config: dict, run: int, partials: Sequence[Path], output: Path) -> None:
+    from . import spectroscopy
+
+    prov = provenance(config, list(partials), step="spectroscopy_curvature", run=run)
+    curv = spectroscopy.curvature_run(partials, _spec_cfg(config), Path(output), prov)
+    log.info("run %d: line curvature coefficients %s", run, curv.coefficients)
+
+
+def spectroscopy_reduce(config: dict, run: int, seq: int, corr: Path, da: Path, curvature: Path,
+                        partial_out: Path, frames_out: Path) -> dict:
+    """Pass 2: per-frame spectra (REDU) and mergeable on/off partials."""
+    from . import spectroscopy
+
+    prov = provenance(config, [corr, da, curvature], step="spectroscopy_reduce", run=run, sequence=seq)
+    return spectroscopy.reduce_sequence(
+        Path(corr), Path(da), _spec_cfg(config), spectroscopy.load_curvature(Path(curvature)),
+        Path(partial_out), Path(frames_out), prov, run=run, sequence=seq,
+        proposal=int(config.get("simulate", {}).get("proposal", 0)), progress=log)
+
+
+def spectroscopy_run(config: dict, run: int, partials: Sequence[Path], curvature: Path, output: Path,
+                     output_json: Path) -> dict:
+    from . import spectroscopy
+
+    prov = provenance(config, list(partials) + [curvature], step="spectroscopy_run", run=run)
+    res = spectroscopy.gather_run(partials, Path(curvature), _spec_cfg(config), Path(output), prov)
+    tmp = Path(output_json).with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=float))
+    tmp.replace(output_json)
+    return res
+
+
+def spectroscopy_frame_table(partials: Sequence[Path]) -> dict[str, np.ndarray]:
+    """The run's per-frame table (trainId, xray, ppl, pulse_energy, …) from the partials."""
+    from .spectroscopy import merge_partials
+
+    table, _ = merge_partials(partials)
+    return table

@@ -9,24 +9,31 @@ rule aggregate:
     output: os.path.join(RESULTS, "r{run}", "aggregate", "run.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "aggregate.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "aggregate.tsv")
-    resources: mem_mb=4000, runtime=20
+    resources: mem_mb=scaled(4000), runtime=scaled(20)
     conda: CONDA_ENV
     script: "../scripts/aggregate.py"
 
 
+def summary_inputs(w):
+    run = int(w.run)
+    products = technique_products(run)
+    if is_jungfrau_run(run):
+        table = expand(os.path.join(RESULTS, "r{run}", "spectroscopy", "partials", "S{seq}.h5"),
+                       run=w.run, seq=sequences(run))
+    else:
+        table = products["aggregate"]
+    return {"raw": run_raw_files(run), "table": table,
+            "products": [f for files in products.values() for f in files]}
+
+
 rule summary:
-    input:
-        raw=lambda w: [raw_file(w.run, m, s) for s in sequences(w.run) for m in MODULES]
-                      + [da_file(w.run, s) for s in sequences(w.run)],
-        aggregate=os.path.join(RESULTS, "r{run}", "aggregate", "run.h5"),
-        annotation=lambda w: annotation_files(w.run),
-        products=lambda w: [f for files in technique_products(w.run).values() for f in files],
+    input: unpack(summary_inputs)
     output: os.path.join(RESULTS, "r{run}", "summary.json")
     params:
         technique=lambda w: technique(w.run),
         products=lambda w: technique_products(w.run),
         benchmark_dir=lambda w: os.path.join(RESULTS, "benchmarks", f"r{w.run}"),
     log: os.path.join(RESULTS, "logs", "r{run}", "summary.log")
-    resources: mem_mb=500, runtime=5
+    resources: mem_mb=scaled(500), runtime=scaled(5)
     conda: CONDA_ENV
     script: "../scripts/summary.py"

@@ -9,7 +9,7 @@ rule annotate_chunk:
     log: os.path.join(RESULTS, "logs", "r{run}", "annotate", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotate", "S{seq}.tsv")
     group: "chunk"
-    resources: mem_mb=3000, runtime=30
+    resources: mem_mb=scaled(3000), runtime=scaled(30)
     threads: 2
     conda: CONDA_ENV
     script: "../scripts/annotate_chunk.py"
@@ -20,7 +20,7 @@ rule hit_thresholds:
     output: os.path.join(RESULTS, "r{run}", "partials", "hit_thresholds.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "hit_thresholds.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "hit_thresholds.tsv")
-    resources: mem_mb=1000, runtime=10
+    resources: mem_mb=scaled(1000), runtime=scaled(10)
     conda: CONDA_ENV
     script: "../scripts/hit_thresholds.py"
 
@@ -32,6 +32,6 @@ rule annotation:
     output: os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANNOT-S{seq}.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "annotation", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotation", "S{seq}.tsv")
-    resources: mem_mb=1000, runtime=10
+    resources: mem_mb=scaled(1000), runtime=scaled(10)
     conda: CONDA_ENV
     script: "../scripts/annotation.py"

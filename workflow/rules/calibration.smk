@@ -14,7 +14,7 @@ rule dark:
     params: dark_dirs=[raw_dir(r) for r in DARK_RUNS]
     log: os.path.join(RESULTS, "logs", "dark", "AGIPD{module}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "dark", "AGIPD{module}.tsv")
-    resources: mem_mb=3000, runtime=30
+    resources: mem_mb=scaled(3000), runtime=scaled(30)
     conda: CONDA_ENV
     script: "../scripts/dark.py"
 
@@ -32,7 +32,7 @@ if not USE_PROC:
         log: os.path.join(RESULTS, "logs", "r{run}", "correct", "S{seq}.log")
         benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "correct", "S{seq}.tsv")
         group: "chunk"
-        resources: mem_mb=2000, runtime=30
+        resources: mem_mb=scaled(2000), runtime=scaled(30)
         threads: 2
         conda: CONDA_ENV
         script: "../scripts/correct.py"

@@ -21,6 +21,12 @@ DARK_RUNS = [int(r) for r in config["calibration"]["dark_runs"]]
 USE_PROC = config["calibration"]["source"] == "proc"
 PROC_DIR = config["calibration"].get("proc_dir") or os.path.join(PROPOSAL, "proc")
 
+def scaled(value):
+    """A resource that grows with the attempt, so a job killed for memory or time
+    is resubmitted (``retries`` in the SLURM profile) with twice, then three times, as much."""
+    return lambda wildcards, attempt: value * attempt
+
+
 wildcard_constraints:
     run=r"\d{4}",
     seq=r"\d{5}",
@@ -43,17 +49,31 @@ def sequences(run):
         seqs = range(run_plan(SIM, SIM_RUNS[run])["n_sequences"])
     else:
         base = os.path.join(PROC_DIR, f"r{run:04d}") if USE_PROC else raw_dir(run)
-        names = glob.glob(os.path.join(base, f"*-AGIPD{MODULES[0]:02d}-S*.h5"))
+        agg = f"JNGFR{JF_MODULE:02d}" if is_jungfrau_run(run) else f"AGIPD{MODULES[0]:02d}"
+        names = glob.glob(os.path.join(base, f"*-{agg}-S*.h5"))
         seqs = sorted(int(re.search(r"-S(\d{5})\.h5$", n).group(1)) for n in names)
         if not seqs:
             raise ValueError(
-                f"run {run}: no files for module {MODULES[0]} in {base}: check runs/proposal_dir "
+                f"run {run}: no {agg} files in {base}: check runs/proposal_dir "
                 "in the config (or declare the listing under `sequences`)")
     return [f"{s:05d}" for s in seqs if s not in excluded]
 
 
 def raw_file(run, module, seq):
     return os.path.join(raw_dir(run), f"RAW-R{int(run):04d}-AGIPD{int(module):02d}-S{int(seq):05d}.h5")
+
+
+JF_MODULE = int(config.get("spectroscopy", {}).get("module", 1))
+JF_CFG = config["calibration"].get("jungfrau", {})
+JF_DARK_RUNS = [int(r) for r in JF_CFG.get("dark_runs", [])]
+
+
+def jf_raw_file(run, seq):
+    return os.path.join(raw_dir(run), f"RAW-R{int(run):04d}-JNGFR{JF_MODULE:02d}-S{int(seq):05d}.h5")
+
+
+def jf_corr_file(run, seq):
+    return os.path.join(RESULTS, "proc", f"r{int(run):04d}", f"CORR-R{int(run):04d}-JNGFR{JF_MODULE:02d}-S{int(seq):05d}.h5")
 
 
 def da_file(run, seq):
@@ -71,7 +91,7 @@ def annotation_files(run):
 
 
 def technique(run):
-    return RUNS[int(run)]["technique"]
+    return RUNS.get(int(run), {}).get("technique")
 
 
 def run_reference_corr(w):
@@ -79,25 +99,48 @@ def run_reference_corr(w):
     return [corr_file(w.run, m, sequences(w.run)[0]) for m in MODULES]
 
 
+def is_jungfrau_run(run):
+    return int(run) in JF_DARK_RUNS or technique(run) == "spectroscopy"
+
+
+def run_raw_files(run):
+    """RAW files of a run (detector files and the DA file of every sequence)."""
+    r = int(run)
+    seqs = sequences(r)
+    if is_jungfrau_run(r):
+        det = [jf_raw_file(r, s) for s in seqs]
+    else:
+        det = [raw_file(r, m, s) for s in seqs for m in MODULES]
+    return det + [da_file(r, s) for s in seqs]
+
+
 def technique_products(run):
     """Per-run products of the run's technique, {product name: [files]}."""
     t, r = technique(run), f"{int(run):04d}"
     seqs = sequences(run)
     base = os.path.join(RESULTS, f"r{r}")
+    if t == "spectroscopy":
+        return {
+            "spectra_frames": [os.path.join(base, "spectroscopy", f"REDU-R{r}-SPEC-S{s}.h5") for s in seqs],
+            "spectra": [os.path.join(base, "spectroscopy", n) for n in ("spectra.h5", "spectra_summary.json")],
+        }
+    agipd = {"annotation": annotation_files(run), "aggregate": [os.path.join(base, "aggregate", "run.h5")]}
     if t == "sfx":
         return {
+            **agipd,
             "cxi_hits": [os.path.join(base, "sfx", f"hits-S{s}.cxi") for s in seqs],
             "peak_tables": [os.path.join(base, "sfx", "peaks", f"REDU-R{r}-SFX-S{s}.h5") for s in seqs],
             "crystfel": [os.path.join(base, "sfx", n) for n in ("hits.lst", "agipd.geom", "hit_statistics.json")],
         }
     if t == "xpcs":
-        return {"xpcs": [os.path.join(base, "xpcs", "xpcs.h5")]}
+        return {**agipd, "xpcs": [os.path.join(base, "xpcs", "xpcs.h5")]}
     if t == "saxs":
         return {
+            **agipd,
             "saxs_frames": [os.path.join(base, "saxs", f"REDU-R{r}-SAXS-S{s}.h5") for s in seqs],
             "nxcansas": [os.path.join(base, "saxs", n) for n in ("saxs_nxcansas.h5", "saxs_summary.json")],
         }
-    return {}
+    return agipd
 
 
 def truth_file(run):
@@ -112,11 +155,22 @@ REPORT_STAGES = {"sfx": "sfx", "xpcs": "xpcs", "saxs": "saxs", "spectroscopy": "
 
 def run_stages(run):
     """Report stages of a run: calibration and annotation, then its technique's."""
-    stages = ["annotation"] if USE_PROC else ["calibration", "annotation"]
+    if is_jungfrau_run(run):
+        stages = []
+    else:
+        stages = ["annotation"] if USE_PROC else ["calibration", "annotation"]
     t = REPORT_STAGES.get(technique(run))
     if t and os.path.exists(os.path.join(workflow.basedir, "reports", f"{t}.ipynb")):
         stages.append(t)
     return stages
+
+
+def stage_defaults(run, stage):
+    """Notebook parameters implied by the run's technique (config can override)."""
+    if stage == "annotation":
+        # lit-pixel hits mean something for single particles and crystals only
+        return {"hit_finding": technique(run) in ("spi", "sfx")}
+    return {}
 
 
 def stage_inputs(run, stage):
@@ -137,6 +191,8 @@ def stage_inputs(run, stage):
         out = {"xpcs_file": products["xpcs"][0]}
     elif stage == "saxs":
         out = {"saxs_file": products["nxcansas"][0]}
+    elif stage == "spectroscopy":
+        out = {"spectra_file": products["spectra"][0]}
     else:
         raise ValueError(f"no report inputs defined for stage {stage!r}")
     if truth:

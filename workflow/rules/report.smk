@@ -17,7 +17,8 @@ REPORT_TEMPLATES = REPORT_CONFIG.get("templates", os.path.join(workflow.basedir,
 
 def report_parameters(run, stage):
     """Notebook parameters of (run, stage) that are not input files."""
-    params = dict((REPORT_CONFIG.get("params", {}) or {}).get(stage, {}) or {})
+    params = dict(stage_defaults(run, stage))
+    params.update((REPORT_CONFIG.get("params", {}) or {}).get(stage, {}) or {})
     run_params = (REPORT_CONFIG.get("run_params", {}) or {}).get(run, {}) or {}
     params.update(run_params.get(stage, {}) or {})
     params["run"] = int(run)
@@ -59,8 +60,8 @@ rule report:
         stage=r"[A-Za-z0-9_]+",
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
     conda: CONDA_ENV
     script:
         "../scripts/render_report.py"
@@ -85,8 +86,8 @@ rule report_index:
         results=RESULTS,
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=scaled(1000),
+        runtime=scaled(5),
     conda: CONDA_ENV
     script:
         "../scripts/build_index.py"

@@ -12,7 +12,7 @@ rule saxs_chunk:
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "saxs", "S{seq}.tsv")
     group: "technique_chunk"
     threads: 2
-    resources: mem_mb=4000, runtime=30
+    resources: mem_mb=scaled(4000), runtime=scaled(30)
     conda: CONDA_ENV
     script: "../scripts/saxs_chunk.py"
 
@@ -25,6 +25,6 @@ rule saxs_run:
         summary=os.path.join(RESULTS, "r{run}", "saxs", "saxs_summary.json"),
     log: os.path.join(RESULTS, "logs", "r{run}", "saxs_run.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "saxs_run.tsv")
-    resources: mem_mb=2000, runtime=10
+    resources: mem_mb=scaled(2000), runtime=scaled(10)
     conda: CONDA_ENV
     script: "../scripts/saxs_run.py"

@@ -11,7 +11,7 @@ rule sfx_chunk:
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "sfx", "S{seq}.tsv")
     group: "technique_chunk"
     threads: 2
-    resources: mem_mb=3000, runtime=30
+    resources: mem_mb=scaled(3000), runtime=scaled(30)
     conda: CONDA_ENV
     script: "../scripts/sfx_chunk.py"
 
@@ -26,6 +26,6 @@ rule sfx_run:
         stats=os.path.join(RESULTS, "r{run}", "sfx", "hit_statistics.json"),
     log: os.path.join(RESULTS, "logs", "r{run}", "sfx_run.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "sfx_run.tsv")
-    resources: mem_mb=1000, runtime=10
+    resources: mem_mb=scaled(1000), runtime=scaled(10)
     conda: CONDA_ENV
     script: "../scripts/sfx_run.py"

@@ -10,7 +10,7 @@ rule xpcs_chunk:
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "xpcs", "S{seq}.tsv")
     group: "technique_chunk"
     threads: 2
-    resources: mem_mb=4000, runtime=30
+    resources: mem_mb=scaled(4000), runtime=scaled(30)
     conda: CONDA_ENV
     script: "../scripts/xpcs_chunk.py"
 
@@ -23,6 +23,6 @@ rule xpcs_run:
     output: os.path.join(RESULTS, "r{run}", "xpcs", "xpcs.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "xpcs_run.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "xpcs_run.tsv")
-    resources: mem_mb=2000, runtime=10
+    resources: mem_mb=scaled(2000), runtime=scaled(10)
     conda: CONDA_ENV
     script: "../scripts/xpcs_run.py"

@@ -1,9 +1,11 @@
 """Snakemake script: the run's summary.json."""
-from xfel_reduce import steps
+from xfel_reduce import steps, techniques
 
 steps.setup_logging(snakemake.log[0])
+if snakemake.params.technique == "spectroscopy":
+    table = techniques.spectroscopy_frame_table(snakemake.input.table)
+else:
+    table = steps.load_run_table(snakemake.input.table[0])
 steps.run_summary(snakemake.config, int(snakemake.wildcards.run), snakemake.params.technique,
-                  snakemake.input.raw, {"annotation": list(snakemake.input.annotation),
-                                        "aggregate": [snakemake.input.aggregate],
-                                        **snakemake.params.products},
-                  snakemake.input.aggregate, snakemake.params.benchmark_dir, snakemake.output[0])
+                  snakemake.input.raw, snakemake.params.products, table,
+                  snakemake.params.benchmark_dir, snakemake.output[0], inputs=snakemake.input.table)

@@ -1,11 +1,10 @@
 """AGIPD calibration pipeline: dark runs → constants file; RAW sequence → CORR file."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import h5py
 import numpy as np

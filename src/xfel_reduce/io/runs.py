@@ -114,14 +114,14 @@ def iter_module_chunks(
             f"{path} has no source {src} (found {sorted(f.instrument_sources)}): "
             "wrong detector/source name in the config, or not an AGIPD file."
         )
+    from extra_data import by_id
+
     if train_ids is not None:
-        from extra_data import by_id
         f = f.select_trains(by_id[list(train_ids)])
     sd = f[src]
     tids_all = np.asarray(f.train_ids, dtype=np.uint64)
     for start in range(0, len(tids_all), trains_per_chunk):
         tids = tids_all[start:start + trains_per_chunk]
-        from extra_data import by_id
         part = sd.select_trains(by_id[list(tids)])
         counts = np.asarray(part["image.data"].data_counts(labelled=False), dtype=np.int64)
         keys = ["image.data", "image.cellId", "image.pulseId"]

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import h5py
 import numpy as np
 
 from .. import geometry
@@ -128,6 +127,44 @@ def write_detector_truth(proposal_dir: Path, sim_cfg: dict, config: dict | None 
     return gain_path, truth_path
 
 
+
+def add_beam_sources(da: EuXFELWriter, n_trains: int, photon_energy_kev: float) -> None:
+    """Declare a DA file's beam sources: XGM pulse energies and the bunch pattern.
+
+    Every simulated run (AGIPD or JUNGFRAU) writes them in this one layout, so the
+    annotation reads them the same way; :func:`fill_beam_sources` writes the rows.
+    """
+    ones = np.ones(n_trains, np.uint64)
+    da.add_instrument(sources.XGM_SOURCE, ones, {"data.intensityTD": (np.float32, (XGM_SLOTS,))})
+    da.add_instrument(sources.BUNCH_PATTERN_SOURCE, ones,
+                      {"data.bunchPatternTable": (np.uint32, (BUNCH_TABLE_SIZE,))})
+    da.add_control(sources.XGM_CONTROL, {
+        "pulseEnergy.wavelengthUsed": np.full(n_trains, geometry.wavelength_nm(photon_energy_kev), np.float32),
+    })
+
+
+def fill_beam_sources(da: EuXFELWriter, xgm_rows: list[np.ndarray], bunch_rows: list[np.ndarray]) -> None:
+    da.fill(sources.XGM_SOURCE, {"data.intensityTD": np.stack(xgm_rows)})
+    da.fill(sources.BUNCH_PATTERN_SOURCE, {"data.bunchPatternTable": np.stack(bunch_rows)})
+
+
+def write_run_truth(proposal_dir: Path, run: int, truth: dict, frame_truth: dict[str, list[np.ndarray]],
+                    scene: Scene, prov: dict) -> list[Path]:
+    """Write ``truth.h5`` (per-frame arrays, scene arrays) and ``truth.json`` of a run."""
+    truth_dir = truth_dir_for(proposal_dir, run)
+    with AtomicH5File(truth_dir / "truth.h5") as f:
+        attach_provenance(f, prov)
+        for key, parts in frame_truth.items():
+            f[f"frames/{key}"] = np.concatenate(parts)
+        extra = scene.frame_truth() if hasattr(scene, "frame_truth") else {}
+        for key, arr in extra.items():
+            f[f"scene/{key}"] = np.asarray(arr)
+    tmp = truth_dir / ".truth.json.tmp"
+    tmp.write_text(json.dumps(truth, indent=2, default=str))
+    tmp.replace(truth_dir / "truth.json")
+    return [truth_dir / "truth.h5", truth_dir / "truth.json"]
+
+
 def simulate_run(
     proposal_dir: Path,
     sim_cfg: dict,
@@ -200,17 +237,12 @@ def simulate_run(
                 }, chunk_rows=1)
                 writers[m] = w
             da = EuXFELWriter(run_dir / sources.da_filename(run, seq), tids, prov, **meta)
-            da.add_instrument(sources.XGM_SOURCE, np.ones(tids.size), {"data.intensityTD": (np.float32, (XGM_SLOTS,))})
-            da.add_instrument(sources.BUNCH_PATTERN_SOURCE, np.ones(tids.size),
-                              {"data.bunchPatternTable": (np.uint32, (BUNCH_TABLE_SIZE,))})
+            add_beam_sources(da, tids.size, plan["photon_energy_kev"])
             da.add_control(sources.AGIPD_CONTROL, {
                 "gainModeIndex": np.full(tids.size, gain_mode, np.int32),
                 "bunchStructure.nPulses": np.full(tids.size, beam_cfg.frames_per_train, np.int32),
                 "bunchStructure.firstPulse": np.full(tids.size, beam_cfg.first_pulse, np.int32),
                 "bunchStructure.repetitionRate": np.full(tids.size, 4.5 / beam_cfg.pulse_stride),
-            })
-            da.add_control(sources.XGM_CONTROL, {
-                "pulseEnergy.wavelengthUsed": np.full(tids.size, geometry.wavelength_nm(plan["photon_energy_kev"]), np.float32),
             })
             xgm_rows, bp_rows = [], []
             for k, tid in enumerate(tids):
@@ -239,8 +271,7 @@ def simulate_run(
                     rate = (ti + 1) / (time.monotonic() - t0)
                     progress.info("run %d: %d/%d trains simulated (%.1f trains/s, ETA %.0f s)",
                                   run, ti + 1, plan["n_trains"], rate, (plan["n_trains"] - ti - 1) / rate)
-            da.fill(sources.XGM_SOURCE, {"data.intensityTD": np.stack(xgm_rows)})
-            da.fill(sources.BUNCH_PATTERN_SOURCE, {"data.bunchPatternTable": np.stack(bp_rows)})
+            fill_beam_sources(da, xgm_rows, bp_rows)
         except BaseException:
             for w in writers.values():
                 w.abort()
@@ -268,18 +299,7 @@ def simulate_run(
         "scene": scene.truth(),
         "faults": plan["faults"],
     }
-    truth_dir = truth_dir_for(proposal_dir, run)
-    with AtomicH5File(truth_dir / "truth.h5") as f:
-        attach_provenance(f, prov)
-        for key, parts in frame_truth.items():
-            f[f"frames/{key}"] = np.concatenate(parts)
-        extra = scene.frame_truth() if hasattr(scene, "frame_truth") else {}
-        for key, arr in extra.items():
-            f[f"scene/{key}"] = np.asarray(arr)
-    tmp = truth_dir / ".truth.json.tmp"
-    tmp.write_text(json.dumps(truth, indent=2, default=str))
-    tmp.replace(truth_dir / "truth.json")
-    return written + [truth_dir / "truth.h5", truth_dir / "truth.json"]
+    return written + write_run_truth(proposal_dir, run, truth, frame_truth, scene, prov)
 
 
 def truth_dir_for(proposal_dir: Path, run: int) -> Path:
@@ -292,5 +312,7 @@ def iter_runs(sim_cfg: dict) -> Iterator[dict]:
     """All simulated runs of the config: dark runs first, then data runs."""
     for d in sim_cfg.get("dark", {}).get("runs", []):
         yield {"type": "dark", "trains": sim_cfg["dark"].get("trains", 32),
-               "trains_per_sequence": sim_cfg["dark"].get("trains_per_sequence", 10_000), **d}
+               "trains_per_sequence": sim_cfg["dark"].get("trains_per_sequence", 10_000),
+               # darks must cover every memory cell any run uses
+               "beam": {"frames_per_train": int(sim_cfg.get("memory_cells", 8))}, **d}
     yield from sim_cfg.get("runs", [])

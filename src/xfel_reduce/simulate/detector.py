@@ -38,7 +38,7 @@ DEFAULT_DETECTOR: dict[str, Any] = {
     "switch_photons_mg": 2500.0,
     "dead_fraction": 0.001,
     "hot_fraction": 0.001,
-    "noisy_fraction": 0.002,
+    "noisy_fraction": 0.0005,  # per (pixel, cell): ~0.8 % of pixels over 16 cells
     "gain_fault_fraction": 0.0005,
     "hot_offset": 3000.0,
     "noisy_factor": 8.0,

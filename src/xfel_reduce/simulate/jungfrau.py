@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import geometry
 from ..io import sources
 from ..io.euxfel import AtomicH5File, EuXFELWriter
 from ..io.provenance import attach_provenance, provenance
-from .beam import BUNCH_TABLE_SIZE, XGM_SLOTS, BeamConfig, make_train_beam
-from .beamtime import load_scene_class, run_plan, truth_dir_for
+from .beam import BeamConfig, make_train_beam
+from .beamtime import add_beam_sources, fill_beam_sources, load_scene_class, run_plan, write_run_truth
 from .scene import SceneContext
 
 log = logging.getLogger(__name__)
@@ -175,6 +174,10 @@ def raw_frames(
 
 
 # -- configuration ---------------------------------------------------------------------
+#: Simulated run types written on the JUNGFRAU (all others go to the AGIPD).
+JUNGFRAU_RUN_TYPES = ("spectroscopy", "jungfrau_dark")
+
+
 def jungfrau_settings(sim_cfg: dict) -> dict[str, Any]:
     """The ``simulate.jungfrau`` section with defaults.
 
@@ -335,18 +338,12 @@ def simulate_jungfrau_run(
                 "data.timestamp": (np.float64, (n_cells,)),
             }, chunk_rows=1)
             # Same beam-data layout as the AGIPD runs, so annotate.pulse_flags works.
-            da.add_instrument(sources.XGM_SOURCE, ones, {"data.intensityTD": (np.float32, (XGM_SLOTS,))})
-            da.add_instrument(sources.BUNCH_PATTERN_SOURCE, ones,
-                              {"data.bunchPatternTable": (np.uint32, (BUNCH_TABLE_SIZE,))})
+            add_beam_sources(da, tids.size, plan["photon_energy_kev"])
             da.add_control(sources.JF_CONTROL, {
                 "storageCells": np.full(tids.size, n_cells - 1, np.int32),
                 "storageCellStart": np.full(tids.size, int(cells[0]), np.int32),
                 "exposureTime": np.full(tids.size, 10e-6),
             }, run_values={"gainMode": gain_mode})
-            da.add_control(sources.XGM_CONTROL, {
-                "pulseEnergy.wavelengthUsed": np.full(
-                    tids.size, geometry.wavelength_nm(plan["photon_energy_kev"]), np.float32),
-            })
             xgm_rows, bp_rows = [], []
             for k, tid in enumerate(tids):
                 ti = t_lo + k
@@ -375,8 +372,7 @@ def simulate_jungfrau_run(
                     rate = (ti + 1) / (time.monotonic() - t0)
                     progress.info("run %d: %d/%d JUNGFRAU trains simulated (%.1f trains/s)",
                                   run, ti + 1, plan["n_trains"], rate)
-            da.fill(sources.XGM_SOURCE, {"data.intensityTD": np.stack(xgm_rows)})
-            da.fill(sources.BUNCH_PATTERN_SOURCE, {"data.bunchPatternTable": np.stack(bp_rows)})
+            fill_beam_sources(da, xgm_rows, bp_rows)
         except BaseException:
             w.abort()
             da.abort()
@@ -403,15 +399,5 @@ def simulate_jungfrau_run(
         "scene": scene.truth(),
         "jungfrau": {k: v for k, v in truth.params.items()},
     }
-    truth_dir = truth_dir_for(proposal_dir, run)
-    with AtomicH5File(truth_dir / "truth.h5") as f:
-        attach_provenance(f, prov)
-        for key, parts in frame_truth.items():
-            f[f"frames/{key}"] = np.concatenate(parts)
-        extra = scene.frame_truth() if hasattr(scene, "frame_truth") else {}
-        for key, arr in extra.items():
-            f[f"scene/{key}"] = np.asarray(arr)
-    tmp = truth_dir / ".truth.json.tmp"
-    tmp.write_text(json.dumps(truth_json, indent=2, default=str))
-    tmp.replace(truth_dir / "truth.json")
-    return written + [truth_dir / "truth.h5", truth_dir / "truth.json"]
+    return written + write_run_truth(proposal_dir, run, truth_json, frame_truth, scene, prov)
+

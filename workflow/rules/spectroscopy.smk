@@ -1,0 +1,81 @@
+# Spectroscopy (XES on a JUNGFRAU module): darks -> constants -> CORR per sequence,
+# then two passes: ROI image (curvature fit per run) and per-frame spectra.
+
+rule jungfrau_dark:
+    input:
+        files=lambda w: [f for r in JF_DARK_RUNS for s in sequences(r) for f in (jf_raw_file(r, s), da_file(r, s))],
+        gain=JF_CFG.get("gain_constants", "jungfrau_gain_constants.h5"),
+    output: os.path.join(RESULTS, "calibration", "constants", f"JNGFR{JF_MODULE:02d}.h5")
+    params: dark_dirs=[raw_dir(r) for r in JF_DARK_RUNS]
+    log: os.path.join(RESULTS, "logs", "dark", f"JNGFR{JF_MODULE:02d}.log")
+    benchmark: os.path.join(RESULTS, "benchmarks", "dark", f"JNGFR{JF_MODULE:02d}.tsv")
+    resources: mem_mb=scaled(3000), runtime=scaled(30)
+    conda: CONDA_ENV
+    script: "../scripts/jungfrau_dark.py"
+
+
+rule jungfrau_correct:
+    input:
+        raw=lambda w: jf_raw_file(w.run, w.seq),
+        constants=os.path.join(RESULTS, "calibration", "constants", f"JNGFR{JF_MODULE:02d}.h5"),
+    output: os.path.join(RESULTS, "proc", "r{run}", f"CORR-R{{run}}-JNGFR{JF_MODULE:02d}-S{{seq}}.h5")
+    log: os.path.join(RESULTS, "logs", "r{run}", "correct", "JNGFR-S{seq}.log")
+    benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "correct", "JNGFR-S{seq}.tsv")
+    group: "chunk"
+    threads: 2
+    resources: mem_mb=scaled(2000), runtime=scaled(30)
+    conda: CONDA_ENV
+    script: "../scripts/jungfrau_correct.py"
+
+
+rule spectroscopy_image:
+    input:
+        corr=lambda w: jf_corr_file(w.run, w.seq),
+        da=lambda w: da_file(w.run, w.seq),
+    output: os.path.join(RESULTS, "r{run}", "spectroscopy", "partials", "image-S{seq}.h5")
+    log: os.path.join(RESULTS, "logs", "r{run}", "spectroscopy", "image-S{seq}.log")
+    benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "spectroscopy", "image-S{seq}.tsv")
+    group: "technique_chunk"
+    resources: mem_mb=scaled(3000), runtime=scaled(30)
+    conda: CONDA_ENV
+    script: "../scripts/spectroscopy_image.py"
+
+
+rule spectroscopy_curvature:
+    input: lambda w: expand(os.path.join(RESULTS, "r{run}", "spectroscopy", "partials", "image-S{seq}.h5"), run=w.run, seq=sequences(w.run))
+    output: os.path.join(RESULTS, "r{run}", "spectroscopy", "curvature.h5")
+    log: os.path.join(RESULTS, "logs", "r{run}", "spectroscopy_curvature.log")
+    resources: mem_mb=scaled(2000), runtime=scaled(10)
+    conda: CONDA_ENV
+    script: "../scripts/spectroscopy_curvature.py"
+
+
+rule spectroscopy_reduce:
+    input:
+        corr=lambda w: jf_corr_file(w.run, w.seq),
+        da=lambda w: da_file(w.run, w.seq),
+        curvature=os.path.join(RESULTS, "r{run}", "spectroscopy", "curvature.h5"),
+    output:
+        partial=os.path.join(RESULTS, "r{run}", "spectroscopy", "partials", "S{seq}.h5"),
+        frames=os.path.join(RESULTS, "r{run}", "spectroscopy", "REDU-R{run}-SPEC-S{seq}.h5"),
+    log: os.path.join(RESULTS, "logs", "r{run}", "spectroscopy", "S{seq}.log")
+    benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "spectroscopy", "S{seq}.tsv")
+    group: "technique_chunk"
+    threads: 2
+    resources: mem_mb=scaled(3000), runtime=scaled(30)
+    conda: CONDA_ENV
+    script: "../scripts/spectroscopy_reduce.py"
+
+
+rule spectroscopy_run:
+    input:
+        partials=lambda w: expand(os.path.join(RESULTS, "r{run}", "spectroscopy", "partials", "S{seq}.h5"), run=w.run, seq=sequences(w.run)),
+        curvature=os.path.join(RESULTS, "r{run}", "spectroscopy", "curvature.h5"),
+    output:
+        spectra=os.path.join(RESULTS, "r{run}", "spectroscopy", "spectra.h5"),
+        summary=os.path.join(RESULTS, "r{run}", "spectroscopy", "spectra_summary.json"),
+    log: os.path.join(RESULTS, "logs", "r{run}", "spectroscopy_run.log")
+    benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "spectroscopy_run.tsv")
+    resources: mem_mb=scaled(2000), runtime=scaled(10)
+    conda: CONDA_ENV
+    script: "../scripts/spectroscopy_run.py"
