@@ -1,6 +1,7 @@
 # Shared definitions: paths, runs, sequences and input functions.
 # Sequences come from the config (simulated or declared listings) or from a file
 # listing of the run directory; detector data are never read while building the DAG.
+import functools
 import glob
 import os
 import re
@@ -39,7 +40,13 @@ def raw_dir(run):
 
 def sequences(run):
     """Sequence numbers of a run: config listing, simulation plan, or file listing."""
-    run = int(run)
+    return _sequences(int(run))
+
+
+@functools.lru_cache(maxsize=None)
+def _sequences(run):
+    # Cached: input functions ask for it once per job, and a directory listing of a
+    # 200-sequence run per job would dominate the DAG build.
     excluded = set(config.get("exclude_sequences", {}).get(run, []))
     declared = config.get("sequences", {})
     if run in declared or str(run) in declared:

@@ -109,12 +109,18 @@ def make_module_truth(module: int, n_cells: int, seed: int, params: dict | None 
     return ModuleTruth(module, offset, noise, digital, gain, dead, hot, noisy, gain_fault, params=p)
 
 
-def gain_stage_for(photons: np.ndarray, params: dict) -> np.ndarray:
-    """The stage the adaptive gain switches to for a given charge (in photons)."""
+def switching_stage(photons: np.ndarray, first: float, second: float) -> np.ndarray:
+    """Stage (0, 1, 2) an adaptive-gain pixel switches to for a charge in photons,
+    given the charges at which it leaves the first and the second stage."""
     stage = np.zeros(photons.shape, np.uint8)
-    stage[photons >= params["switch_photons_hg"]] = 1
-    stage[photons >= params["switch_photons_mg"]] = 2
+    stage[photons >= first] = 1
+    stage[photons >= second] = 2
     return stage
+
+
+def gain_stage_for(photons: np.ndarray, params: dict) -> np.ndarray:
+    """The AGIPD stage for a charge (in photons)."""
+    return switching_stage(photons, params["switch_photons_hg"], params["switch_photons_mg"])
 
 
 def raw_frames(

@@ -29,6 +29,7 @@ from ..io.euxfel import AtomicH5File, EuXFELWriter
 from ..io.provenance import attach_provenance, provenance
 from .beam import BeamConfig, make_train_beam
 from .beamtime import add_beam_sources, fill_beam_sources, load_scene_class, run_plan, write_run_truth
+from .detector import switching_stage
 from .scene import SceneContext
 
 log = logging.getLogger(__name__)
@@ -115,11 +116,8 @@ def make_jungfrau_truth(module: int, n_cells: int, seed: int, params: dict | Non
 
 
 def gain_stage_for(photons: np.ndarray, params: dict) -> np.ndarray:
-    """Stage the dynamic gain switches to for a charge given in photons."""
-    stage = np.zeros(photons.shape, np.uint8)
-    stage[photons >= params["switch_photons_g0"]] = 1
-    stage[photons >= params["switch_photons_g1"]] = 2
-    return stage
+    """The JUNGFRAU stage for a charge (in photons)."""
+    return switching_stage(photons, params["switch_photons_g0"], params["switch_photons_g1"])
 
 
 def raw_frames(
