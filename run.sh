@@ -29,6 +29,11 @@ install() {
     fi
 }
 
+# Tools the workflow and tests start as subprocesses (papermill, extra-data-validate,
+# snakemake) must come from this environment, whatever the caller's PATH.
+case "$VENV" in /*) ;; *) VENV="$(pwd)/$VENV" ;; esac
+PATH="$VENV/bin:$PATH"; export PATH
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in

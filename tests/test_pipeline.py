@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -46,8 +47,9 @@ def test_hit_flags_agree_with_truth(tiny_reduced):
 
 def test_outputs_pass_extra_data_validate(tiny_reduced):
     for d in (tiny_reduced["corr_dir"], tiny_reduced["annotation"][0].parent):
-        res = subprocess.run([shutil.which("extra-data-validate") or "extra-data-validate", str(d)],
-                             capture_output=True, text=True)
+        # The CLI sits beside the interpreter running the tests; CI need not have it on PATH.
+        cli = Path(sys.executable).with_name("extra-data-validate")
+        res = subprocess.run([str(cli), str(d)], capture_output=True, text=True)
         assert res.returncode == 0, res.stdout + res.stderr
 
 
