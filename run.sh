@@ -18,11 +18,14 @@ install() {
             echo "python3 cannot create virtual environments: install python3-venv" >&2; exit 1
         fi
     fi
-    stamp="$VENV/.installed-$(cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)"
+    stamp="$VENV/.installed-$(cat requirements.lock pyproject.toml run.sh | cksum | cut -d' ' -f1)"
     if [ ! -f "$stamp" ]; then
         "$PY" -m venv "$VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip uv
-        "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -r requirements.lock
+        # Byte-compile now: with PYTHONDONTWRITEBYTECODE set (common on clusters and
+        # in containers) every workflow job would otherwise recompile numba, IPython,
+        # scipy... from source, 2-3 s per job.
+        "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" -r requirements.lock
         "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps -e .
         "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
         touch "$stamp"

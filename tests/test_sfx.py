@@ -28,7 +28,7 @@ from xfel_reduce.simulate.scenes.sfx import SfxScene
 MODULES = [0, 1, 2, 3]
 N_TRAINS = 16
 FRAMES_PER_TRAIN = 32
-KEEP_TRAINS = 2  # photons of the first trains are kept for the CXI and batching tests
+KEEP_TRAINS = 4  # photons of the first trains are kept for the CXI and batching tests (~6 hits)
 DISTANCE_M = 0.15
 ENERGY_KEV = 9.3
 

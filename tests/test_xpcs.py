@@ -104,11 +104,13 @@ def test_diffusion_and_contrast_recovered(default_run, default_analysis):
     truth = scene.truth()
     d = ana["diffusion"]["D_m2_per_s"]
     assert abs(d / truth["diffusion_m2_per_s"] - 1) < 0.05, d
-    w = ana["ring_pixels"]
-    beta_fit = np.average(ana["fit"]["beta"], weights=w)
+    beta_fit, _ = xpcs.ring_average(ana["fit"]["beta"], ana["fit"]["beta_err"])
     assert abs(beta_fit / truth["beta"] - 1) < 0.05, ana["fit"]["beta"]
-    beta_mom = np.average(ana["beta_moments"], weights=w)
+    beta_mom, beta_mom_err = xpcs.ring_average(ana["beta_moments"], ana["beta_moments_err"])
     assert abs(beta_mom / truth["beta"] - 1) < 0.05, ana["beta_moments"]
+    # every ring's moment estimate agrees with the truth within its own error
+    pull = (ana["beta_moments"] - truth["beta"]) / ana["beta_moments_err"]
+    assert np.all(np.abs(pull) < 4), pull
     # Every ring individually within 10 % (statistics per ring are ~6x poorer).
     assert np.all(np.abs(ana["fit"]["beta"] / truth["beta"] - 1) < 0.10)
     # Train-to-train errors must be meaningful: fit χ²_red of order 1.
@@ -146,7 +148,10 @@ def test_inter_train_g2_recovers_slow_diffusion():
     part.add_trains(10_000 + np.arange(40), frames)
     ana = xpcs.analyse(part, xpcs.ring_q(q, labels), PULSE_S, TRAIN_S, fit_inter_train=True)
     # Intra-train g2 is flat at 1 + β (no decay in 1.6 µs).
-    assert np.allclose(ana["g2"][:, 1:], 1 + 0.2, atol=0.03)
+    # Checked against each lag's own error (40 trains: ~0.02), not a fixed band.
+    pull = (ana["g2"][:, 1:] - 1.2) / ana["g2_err"][:, 1:]
+    assert np.all(np.abs(pull) < 4), pull
+    assert abs(np.mean(ana["g2"][:, 1:]) - 1.2) < 0.01
     d = ana["diffusion_inter"]["D_m2_per_s"]
     assert abs(d / d_true - 1) < 0.10, d
 

@@ -407,26 +407,85 @@ def _render(template: Path, output_html: Path, params: dict[str, Any], kernel: s
             executed_notebook: Any, figure: Any, require_verdict: bool, verdict_file: Path,
             t0: float) -> ReportResult:
     """Body of :func:`render_report` (the caller owns the log)."""
-    # papermill is imported first: two threads importing the same package
-    # (jupyter_client, nbformat) concurrently can see it half-initialised.
-    import nbformat
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    # The kernel boots (~1 s: Python, IPython, ZMQ) while this process imports
+    # papermill and nbconvert; started here, the two overlap instead of adding up.
+    from jupyter_client.kernelspec import NoSuchKernel
 
     try:
-        language = KernelSpecManager().get_kernel_spec(kernel).language
+        km = _start_kernel(kernel, cwd)
     except NoSuchKernel as exc:
         raise ReportExecutionError(
             f"report {title}: kernel {kernel!r} is not installed; `jupyter kernelspec list` "
             "shows the available ones (install with `python -m ipykernel install --sys-prefix`)",
             template=template, output_html=output_html) from exc
+    try:
+        return _execute_and_convert(template, output_html, params, kernel, km, write, title=title,
+                                    code=code, cwd=cwd, timeout=timeout,
+                                    executed_notebook=executed_notebook, figure=figure,
+                                    require_verdict=require_verdict, verdict_file=verdict_file, t0=t0)
+    finally:
+        _stop_kernel(km)
 
-    # Importing nbconvert and compiling its templates takes 1-2 s; do it in a
-    # thread while the kernel process starts and runs (the main thread mostly
-    # waits on ZMQ then), which hides most of it.
-    warm = threading.Thread(target=_exporter, args=(code,), daemon=True)
+
+def _start_kernel(kernel: str, cwd: Any) -> Any:
+    """Start kernel ``kernel`` (an ``AsyncKernelManager``, as nbclient uses) without waiting for it."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    km = AsyncKernelManager(kernel_name=kernel)
+    run_sync(km.start_kernel)(cwd=str(cwd) if cwd is not None else os.getcwd())
+    return km
+
+
+def _stop_kernel(km: Any) -> None:
+    """Kill the kernel: outputs are collected by then, a graceful shutdown only waits."""
+    from jupyter_core.utils import run_sync
+
+    try:
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=True)
+    except Exception:  # noqa: BLE001 - a kernel that already died needs no shutdown
+        pass
+
+
+def _warm_converter(code: str) -> None:
+    """Build the HTML exporter and convert a small notebook with every kind of
+    cell and output ours have: nbconvert, bleach, pygments and mistune import
+    and compile lazily (~1 s) on first use, which then happens while the kernel
+    runs instead of after it."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
+    cell = nbformat.v4.new_code_cell("import numpy as np\nx = np.arange(3)  # warm-up")
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", {"text/html": "<div><b>ok</b></div>",
+                                                "text/plain": "ok"}),
+        nbformat.v4.new_output("display_data", {"text/markdown": "**ok**", "text/plain": "ok"}),
+        nbformat.v4.new_output("display_data", {"image/png": _PIXEL_PNG, "text/plain": "img"}),
+        nbformat.v4.new_output("stream", name="stdout", text="ok\n"),
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell("# warm-up\n*text*"), cell]
+    notebook_to_html(nb, title="warm-up", template_label="warm-up", code=code)
+
+
+# a 1x1 PNG, for the converter warm-up
+_PIXEL_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGA"
+              "hKmMIQAAAABJRU5ErkJggg==")
+
+
+def _execute_and_convert(template: Path, output_html: Path, params: dict[str, Any], kernel: str,
+                         km: Any, write: Callable[[str], Any], *, title: str, code: str, cwd: Any,
+                         timeout: float | None, executed_notebook: Any, figure: Any,
+                         require_verdict: bool, verdict_file: Path, t0: float) -> ReportResult:
+    """Run the notebook on the started kernel ``km``, then publish it."""
+    import nbformat
+    import papermill as pm
+    from jupyter_client.kernelspec import KernelSpecManager
+    from papermill.exceptions import PapermillExecutionError
+
+    language = KernelSpecManager().get_kernel_spec(kernel).language
+    warm = threading.Thread(target=_warm_converter, args=(code,), daemon=True)
     warm.start()
 
     write(f"report {title}: executing {template} with kernel {kernel!r}")
@@ -444,9 +503,7 @@ def _render(template: Path, output_html: Path, params: dict[str, Any], kernel: s
                 request_save_on_cell_execute=False,
                 cwd=str(cwd) if cwd is not None else None,
                 execution_timeout=timeout,
-                # outputs are collected by then; a graceful shutdown only adds
-                # a wait for the kernel's reply (~0.5-1 s)
-                shutdown_kernel="immediate",
+                km=km,  # already booting; _render shuts it down
             )
         except PapermillExecutionError as exc:
             error = exc

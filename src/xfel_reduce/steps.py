@@ -28,8 +28,17 @@ from .io.runs import InputDataError
 log = logging.getLogger("xfel_reduce")
 
 
-def setup_logging(log_file: str | Path | None) -> logging.Logger:
-    """Log to the rule's ``log:`` file (and stderr), with timestamps."""
+def setup_logging(log_file: str | Path | None, threads: int | None = None) -> logging.Logger:
+    """Log to the rule's ``log:`` file (and stderr), with timestamps.
+
+    ``threads`` (the job's Snakemake ``threads``) caps numba's thread pool: by
+    default it takes every core of the node, so two jobs sharing a laptop, or
+    jobs packed onto a cluster node, would oversubscribe it.
+    """
+    if threads is not None:
+        import numba
+
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ __all__ = [
     "XpcsPartial",
     "fit_g2",
     "fit_diffusion",
+    "ring_average",
     "negative_binomial_contrast",
     "analyse",
     "write_xpcs_h5",
@@ -819,6 +820,28 @@ def fit_diffusion(q_nm: np.ndarray, gamma: np.ndarray, gamma_err: np.ndarray | N
         np.polyfit(np.log(q), np.log(g), 1), np.full((2, 2), np.nan))
     return {"D_m2_per_s": d, "D_err": d_err, "q_exponent": float(coef[0]),
             "q_exponent_err": float(np.sqrt(cov[0, 0]))}
+
+
+def ring_average(values: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
+    """Inverse-variance mean of a per-ring quantity (e.g. β) and its error.
+
+    Weighting by pixel count would be wrong for speckle statistics: the error of
+    a contrast estimate grows as 1/⟨k⟩ at low counts, so the outer, dim rings
+    carry many pixels but little information.  The error is scaled up by
+    √χ²_red when the rings scatter more than their errors say.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    e = np.asarray(errors, dtype=np.float64)
+    ok = np.isfinite(v) & np.isfinite(e) & (e > 0)
+    if not ok.any():
+        return float("nan"), float("nan")
+    w = 1.0 / e[ok] ** 2
+    mean = float((w * v[ok]).sum() / w.sum())
+    err = float(1.0 / np.sqrt(w.sum()))
+    if ok.sum() > 1:
+        chi2 = float((w * (v[ok] - mean) ** 2).sum() / (ok.sum() - 1))
+        err *= max(1.0, np.sqrt(chi2))
+    return mean, err
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ rule aggregate:
     log: os.path.join(RESULTS, "logs", "r{run}", "aggregate.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "aggregate.tsv")
     resources: mem_mb=scaled(4000), runtime=scaled(20)
+    priority: PRIORITY_SPINE
     conda: CONDA_ENV
     script: "../scripts/aggregate.py"
 
@@ -35,5 +36,6 @@ rule summary:
         benchmark_dir=lambda w: os.path.join(RESULTS, "benchmarks", f"r{w.run}"),
     log: os.path.join(RESULTS, "logs", "r{run}", "summary.log")
     resources: mem_mb=scaled(500), runtime=scaled(5)
+    priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
     script: "../scripts/summary.py"

@@ -10,7 +10,8 @@ rule annotate_chunk:
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotate", "S{seq}.tsv")
     group: "chunk"
     resources: mem_mb=scaled(3000), runtime=scaled(30)
-    threads: 2
+    threads: 1
+    priority: PRIORITY_SPINE
     conda: CONDA_ENV
     script: "../scripts/annotate_chunk.py"
 
@@ -21,6 +22,7 @@ rule hit_thresholds:
     log: os.path.join(RESULTS, "logs", "r{run}", "hit_thresholds.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "hit_thresholds.tsv")
     resources: mem_mb=scaled(1000), runtime=scaled(10)
+    priority: PRIORITY_SPINE
     conda: CONDA_ENV
     script: "../scripts/hit_thresholds.py"
 
@@ -33,5 +35,6 @@ rule annotation:
     log: os.path.join(RESULTS, "logs", "r{run}", "annotation", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotation", "S{seq}.tsv")
     resources: mem_mb=scaled(1000), runtime=scaled(10)
+    priority: PRIORITY_SPINE
     conda: CONDA_ENV
     script: "../scripts/annotation.py"

@@ -15,6 +15,7 @@ rule dark:
     log: os.path.join(RESULTS, "logs", "dark", "AGIPD{module}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "dark", "AGIPD{module}.tsv")
     resources: mem_mb=scaled(3000), runtime=scaled(30)
+    priority: PRIORITY_SPINE
     conda: CONDA_ENV
     script: "../scripts/dark.py"
 
@@ -33,6 +34,7 @@ if not USE_PROC:
         benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "correct", "S{seq}.tsv")
         group: "chunk"
         resources: mem_mb=scaled(2000), runtime=scaled(30)
-        threads: 2
+        threads: 1
+        priority: PRIORITY_SPINE
         conda: CONDA_ENV
         script: "../scripts/correct.py"

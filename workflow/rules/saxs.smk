@@ -11,8 +11,9 @@ rule saxs_chunk:
     log: os.path.join(RESULTS, "logs", "r{run}", "saxs", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "saxs", "S{seq}.tsv")
     group: "technique_chunk"
-    threads: 2
+    threads: 1
     resources: mem_mb=scaled(4000), runtime=scaled(30)
+    priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
     script: "../scripts/saxs_chunk.py"
 
@@ -26,5 +27,6 @@ rule saxs_run:
     log: os.path.join(RESULTS, "logs", "r{run}", "saxs_run.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "saxs_run.tsv")
     resources: mem_mb=scaled(2000), runtime=scaled(10)
+    priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
     script: "../scripts/saxs_run.py"

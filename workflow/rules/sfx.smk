@@ -10,8 +10,10 @@ rule sfx_chunk:
     log: os.path.join(RESULTS, "logs", "r{run}", "sfx", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "sfx", "S{seq}.tsv")
     group: "technique_chunk"
-    threads: 2
+    threads: 1
     resources: mem_mb=scaled(3000), runtime=scaled(30)
+    # the run's aggregate merges the peak-count hit flags, so this is on the spine
+    priority: PRIORITY_SPINE
     conda: CONDA_ENV
     script: "../scripts/sfx_chunk.py"
 
@@ -27,5 +29,6 @@ rule sfx_run:
     log: os.path.join(RESULTS, "logs", "r{run}", "sfx_run.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "sfx_run.tsv")
     resources: mem_mb=scaled(1000), runtime=scaled(10)
+    priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
     script: "../scripts/sfx_run.py"

@@ -14,6 +14,7 @@ if SIM:
         log: os.path.join(RESULTS, "logs", "simulate_detector.log"),
         benchmark: os.path.join(RESULTS, "benchmarks", "simulate_detector.tsv")
         resources: mem_mb=scaled(4000), runtime=scaled(10)
+        priority: PRIORITY_SPINE
         conda: CONDA_ENV
         script: "../scripts/simulate_detector.py"
 
@@ -29,5 +30,6 @@ if SIM:
             log: os.path.join(RESULTS, "logs", f"simulate_r{_run:04d}.log")
             benchmark: os.path.join(RESULTS, "benchmarks", f"simulate_r{_run:04d}.tsv")
             resources: mem_mb=scaled(6000), runtime=scaled(60)
+            priority: PRIORITY_SPINE
             conda: CONDA_ENV
             script: "../scripts/simulate_run.py"

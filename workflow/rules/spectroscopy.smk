@@ -10,6 +10,7 @@ rule jungfrau_dark:
     log: os.path.join(RESULTS, "logs", "dark", f"JNGFR{JF_MODULE:02d}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "dark", f"JNGFR{JF_MODULE:02d}.tsv")
     resources: mem_mb=scaled(3000), runtime=scaled(30)
+    priority: PRIORITY_SPINE
     conda: CONDA_ENV
     script: "../scripts/jungfrau_dark.py"
 
@@ -22,8 +23,9 @@ rule jungfrau_correct:
     log: os.path.join(RESULTS, "logs", "r{run}", "correct", "JNGFR-S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "correct", "JNGFR-S{seq}.tsv")
     group: "chunk"
-    threads: 2
+    threads: 1
     resources: mem_mb=scaled(2000), runtime=scaled(30)
+    priority: PRIORITY_SPINE
     conda: CONDA_ENV
     script: "../scripts/jungfrau_correct.py"
 
@@ -37,6 +39,7 @@ rule spectroscopy_image:
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "spectroscopy", "image-S{seq}.tsv")
     group: "technique_chunk"
     resources: mem_mb=scaled(3000), runtime=scaled(30)
+    priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
     script: "../scripts/spectroscopy_image.py"
 
@@ -46,6 +49,7 @@ rule spectroscopy_curvature:
     output: os.path.join(RESULTS, "r{run}", "spectroscopy", "curvature.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "spectroscopy_curvature.log")
     resources: mem_mb=scaled(2000), runtime=scaled(10)
+    priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
     script: "../scripts/spectroscopy_curvature.py"
 
@@ -61,8 +65,9 @@ rule spectroscopy_reduce:
     log: os.path.join(RESULTS, "logs", "r{run}", "spectroscopy", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "spectroscopy", "S{seq}.tsv")
     group: "technique_chunk"
-    threads: 2
+    threads: 1
     resources: mem_mb=scaled(3000), runtime=scaled(30)
+    priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
     script: "../scripts/spectroscopy_reduce.py"
 
@@ -77,5 +82,6 @@ rule spectroscopy_run:
     log: os.path.join(RESULTS, "logs", "r{run}", "spectroscopy_run.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "spectroscopy_run.tsv")
     resources: mem_mb=scaled(2000), runtime=scaled(10)
+    priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
     script: "../scripts/spectroscopy_run.py"

@@ -9,8 +9,9 @@ rule xpcs_chunk:
     log: os.path.join(RESULTS, "logs", "r{run}", "xpcs", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "xpcs", "S{seq}.tsv")
     group: "technique_chunk"
-    threads: 2
+    threads: 1
     resources: mem_mb=scaled(4000), runtime=scaled(30)
+    priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
     script: "../scripts/xpcs_chunk.py"
 
@@ -24,5 +25,6 @@ rule xpcs_run:
     log: os.path.join(RESULTS, "logs", "r{run}", "xpcs_run.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "xpcs_run.tsv")
     resources: mem_mb=scaled(2000), runtime=scaled(10)
+    priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
     script: "../scripts/xpcs_run.py"

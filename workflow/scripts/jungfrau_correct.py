@@ -1,8 +1,5 @@
 """Snakemake script: RAW -> CORR for one JUNGFRAU sequence."""
-import numba
-
 from xfel_reduce import steps, techniques
 
-numba.set_num_threads(max(1, snakemake.threads))
-steps.setup_logging(snakemake.log[0])
+steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
 techniques.jungfrau_correct(snakemake.config, snakemake.input.raw, snakemake.input.constants, snakemake.output[0])

@@ -1,5 +1,5 @@
 """Snakemake script: JUNGFRAU dark characterisation."""
 from xfel_reduce import steps, techniques
 
-steps.setup_logging(snakemake.log[0])
+steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
 techniques.jungfrau_dark(snakemake.config, snakemake.params.dark_dirs, snakemake.output[0], snakemake.input.files)

@@ -1,9 +1,6 @@
 """Snakemake script: SFX peak finding for one sequence."""
-import numba
-
 from xfel_reduce import steps, techniques
 
-numba.set_num_threads(max(1, snakemake.threads))
-steps.setup_logging(snakemake.log[0])
+steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
 techniques.sfx_chunk(snakemake.config, int(snakemake.wildcards.run), snakemake.input.corr,
                      snakemake.input.annotation, snakemake.output.cxi, snakemake.output.table)

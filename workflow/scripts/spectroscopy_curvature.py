@@ -1,6 +1,6 @@
 """Snakemake script: line curvature of a run (fitted or from the config)."""
 from xfel_reduce import steps, techniques
 
-steps.setup_logging(snakemake.log[0])
+steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
 techniques.spectroscopy_curvature(snakemake.config, int(snakemake.wildcards.run), list(snakemake.input),
                                   snakemake.output[0])

@@ -1,6 +1,6 @@
 """Snakemake script: ROI image moments of one sequence (curvature fit input)."""
 from xfel_reduce import steps, techniques
 
-steps.setup_logging(snakemake.log[0])
+steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
 techniques.spectroscopy_image(snakemake.config, int(snakemake.wildcards.run), snakemake.input.corr,
                               snakemake.input.da, snakemake.output[0])

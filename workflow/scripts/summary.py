@@ -1,7 +1,7 @@
 """Snakemake script: the run's summary.json."""
 from xfel_reduce import steps, techniques
 
-steps.setup_logging(snakemake.log[0])
+steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
 if snakemake.params.technique == "spectroscopy":
     table = techniques.spectroscopy_frame_table(snakemake.input.table)
 else:

@@ -80,9 +80,12 @@ def write_constants(path: Path, module: int, dark: DarkConstants, adu_per_photon
         for name in ("offset", "noise", "badpixels", "thresholds", "digital_mean", "digital_std", "count"):
             arr = getattr(dark, name)
             if arr is not None:
-                f.create_dataset(name, data=arr, compression="gzip", compression_opts=1, shuffle=True)
-        f.create_dataset("adu_per_photon", data=adu_per_photon.astype(np.float32),
-                         compression="gzip", compression_opts=1, shuffle=True)
+                # Bad-pixel bits and counts shrink ~20x with gzip; noisy float maps
+                # barely shrink and cost every correction job a decompression.
+                kw = ({"compression": "gzip", "compression_opts": 1, "shuffle": True}
+                      if arr.dtype.kind in "iub" else {})
+                f.create_dataset(name, data=arr, **kw)
+        f.create_dataset("adu_per_photon", data=adu_per_photon.astype(np.float32))
         f.attrs["axes"] = "gain, cell, slow_scan, fast_scan"
 
 

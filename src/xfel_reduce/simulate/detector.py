@@ -16,6 +16,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from .counter_rng import key_from, normal_pair
+
 N_GAINS = 3
 MODULE_SHAPE = (512, 128)
 ADC_MAX = 16383  # 14-bit ADC
@@ -83,15 +85,24 @@ def make_module_truth(module: int, n_cells: int, seed: int, params: dict | None 
     gain = np.empty_like(offset)
     g_hg = p["adu_per_photon_hg"]
     nominal_gain = [g_hg, g_hg / p["gain_ratio_hg_mg"], g_hg / p["gain_ratio_hg_mg"] / p["gain_ratio_mg_lg"]]
+
+    def normal(out_or_shape, loc: float, scale: float) -> np.ndarray:
+        # float32 draws into place: every simulation job rebuilds all 16 modules'
+        # constants, and float64 temporaries made that the slowest part of a dark run.
+        out = (rng.standard_normal(out_or_shape, dtype=f32) if isinstance(out_or_shape, tuple)
+               else rng.standard_normal(dtype=f32, out=out_or_shape))
+        out *= f32(scale)
+        out += f32(loc)
+        return out
+
     for g in range(N_GAINS):
-        pix = rng.normal(p["offset_mean"][g], p["offset_pixel_sigma"], MODULE_SHAPE)
-        cell = rng.normal(0.0, p["offset_cell_sigma"], shape)
-        offset[g] = pix[None] + cell
-        noise[g] = p["noise_mean"][g] * (1 + p["noise_pixel_sigma_rel"] * rng.standard_normal(MODULE_SHAPE))[None]
-        digital[g] = rng.normal(p["digital_mean"][g], p["digital_pixel_sigma"], MODULE_SHAPE)[None] \
-            + rng.normal(0.0, 10.0, shape)
-        rel = 1.0 + p["relative_gain_sigma"] * rng.standard_normal(MODULE_SHAPE)
-        gain[g] = (nominal_gain[g] * rel)[None] * (1.0 + 0.005 * rng.standard_normal(shape))
+        normal(offset[g], 0.0, p["offset_cell_sigma"])
+        offset[g] += normal(MODULE_SHAPE, p["offset_mean"][g], p["offset_pixel_sigma"])
+        noise[g] = normal(MODULE_SHAPE, p["noise_mean"][g], p["noise_mean"][g] * p["noise_pixel_sigma_rel"])
+        normal(digital[g], 0.0, 10.0)
+        digital[g] += normal(MODULE_SHAPE, p["digital_mean"][g], p["digital_pixel_sigma"])
+        normal(gain[g], 1.0, 0.005)
+        gain[g] *= normal(MODULE_SHAPE, nominal_gain[g], nominal_gain[g] * p["relative_gain_sigma"])
 
     def pick(fraction: float, s: tuple = MODULE_SHAPE) -> np.ndarray:
         return rng.random(s) < fraction
@@ -155,7 +166,7 @@ def raw_frames(
     # One draw from the caller's generator keys a counter-based generator inside the
     # kernel: noise is then reproducible whatever the number of threads, and costs
     # no temporary arrays.
-    key = np.uint64(rng.integers(0, 2**63 - 1, dtype=np.int64))
+    key = key_from(rng)
     raw = np.empty((n, 2) + MODULE_SHAPE, np.uint16)
     stage = np.empty((n,) + MODULE_SHAPE, np.uint8)
     _raw_kernel(np.ascontiguousarray(photons, dtype=np.float32), cells,
@@ -164,25 +175,6 @@ def raw_frames(
                 truth.offset, truth.adu_per_photon, truth.noise, truth.digital,
                 np.float32(p["digital_noise"]), key, raw, stage)
     return raw, stage
-
-
-@numba.njit(inline="always")
-def _splitmix64(z):  # pragma: no cover - compiled
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-@numba.njit(inline="always")
-def _normal_pair(key, j):  # pragma: no cover - compiled
-    """Two independent N(0, 1) values for counter ``j`` (Box–Muller on splitmix64)."""
-    h1 = _splitmix64(key ^ (j * np.uint64(2)))
-    h2 = _splitmix64(key ^ (j * np.uint64(2) + np.uint64(1)))
-    u1 = ((h1 >> np.uint64(11)) + np.uint64(1)) * (1.0 / 9007199254740993.0)  # (0, 1]
-    u2 = (h2 >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-    r = np.sqrt(-2.0 * np.log(u1))
-    return r * np.cos(2.0 * np.pi * u2), r * np.sin(2.0 * np.pi * u2)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -203,7 +195,7 @@ def _raw_kernel(photons, cells, forced, sw_hg, sw_mg, offset, gain, noise, digit
                 g = 1
             else:
                 g = 0
-            za, zd = _normal_pair(key, np.uint64((i * ny + y) * nx + x))
+            za, zd = normal_pair(key, np.uint64((i * ny + y) * nx + x))
             a = offset[g, c, y, x] + ph * gain[g, c, y, x] + noise[g, c, y, x] * za
             d = digital[g, c, y, x] + d_noise * zd
             a = min(max(np.rint(a), 0.0), 16383.0)

@@ -34,6 +34,7 @@ import numpy as np
 
 from ...geometry import polarisation_factor, q_map, solid_angle
 from ...saxs import sphere_intensity
+from ..counter_rng import poisson
 from ..scene import Scene, SceneContext, TrainBeam
 
 #: Joules per keV.
@@ -108,7 +109,7 @@ class SaxsScene(Scene):
                 continue
             on = bool(beam.ppl[i])
             lam = self.expected(energy[i], on)
-            out[i] = self.rng.poisson(lam).astype(np.float32)
+            out[i] = poisson(self.rng, lam)
             self._frames["xray"] += 1
             self._frames["laser_on"] += int(on)
         return out

@@ -30,6 +30,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from ... import geometry
+from ..counter_rng import poisson
 from ..scene import Scene, SceneContext, TrainBeam
 
 DEFAULTS: dict[str, Any] = {
@@ -180,7 +181,7 @@ class SfxScene(Scene):
                     snr = peak / np.sqrt(peak + bg + nf)
                     spots.append((self._frames_seen + i, self.ctx.modules[int(m[s])], int(m[s]),
                                   ss[s], fs[s], inten[s], sig[s], peak, bg, snr))
-            out[i] = rng.poisson(expected)
+            out[i] = poisson(rng, expected)
         self._frames_seen += n
         self._hit.append(hit)
         self._nspots.append(nspots)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ... import geometry
+from ..counter_rng import poisson
 from ..scene import Scene, SceneContext, TrainBeam
 
 DEFAULTS: dict[str, Any] = {
@@ -54,12 +55,12 @@ class SpiScene(Scene):
         scale = beam.pulse_energy_uj / p["xgm_mean_uj"]
         for i in np.flatnonzero(beam.xray):
             lam_bg = p["background_photons"] * scale[i]
-            out[i] = rng.poisson(lam_bg, self.ctx.frame_shape)
+            out[i] = poisson(rng, lam_bg, self.ctx.frame_shape)
             if hit[i]:
                 total = rng.uniform(*p["hit_photons"]) * scale[i]
                 pattern = sphere_form_factor(self.q, radius[i]) * self.weights
                 pattern *= total / pattern.sum()
-                out[i] += rng.poisson(pattern)
+                out[i] += poisson(rng, pattern)
         self._hit.append(hit)
         self._radius.append(radius)
         return out

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ...geometry import q_map
+from ..counter_rng import poisson
 from ..scene import Scene, SceneContext, TrainBeam
 
 #: Defaults chosen so that g2 decays measurably within one 4.5 MHz train at the inner
@@ -144,7 +145,7 @@ class XpcsScene(Scene):
         self.x = x
         # Field evolves through every frame; only X-ray frames get photons.
         lam = self.mu * (scale * xray)[:, None] * intensity
-        flat[:, self.lit_idx] = self.rng.poisson(lam)
+        flat[:, self.lit_idx] = poisson(self.rng, lam)
         self._n_trains += 1
         return out
 
