@@ -143,6 +143,19 @@ def test_moments_merge_matches_direct():
     np.testing.assert_allclose(direct.var, parts.var, rtol=1e-6)
 
 
+def test_moments_add_masked_matches_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(5, 2, (40, 3, 5000)).astype(np.float32)  # > one pixel block
+    x[rng.random(x.shape) < 0.05] = np.nan
+    mask = (rng.random(x.shape) < 0.1).astype(np.uint32) * 4
+    rows = rng.random(40) < 0.6
+    acc = Moments((3, 5000)).add_masked(x[:25], mask[:25], rows[:25]).add_masked(x[25:], mask[25:], rows[25:])
+    ref = np.where(mask == 0, x, np.nan)[rows].astype(np.float64)
+    np.testing.assert_array_equal(acc.count, np.isfinite(ref).sum(axis=0))
+    np.testing.assert_allclose(acc.mean, np.nanmean(ref, axis=0), rtol=1e-9)
+    np.testing.assert_allclose(acc.var, np.nanvar(ref, axis=0, ddof=1), rtol=1e-9)
+
+
 # -- bad input ---------------------------------------------------------------------------
 def test_truncated_file_gives_clear_error(tiny_reduced, tmp_path):
     src = tiny_reduced["corr_dir"] / sources.corr_filename(10, 0, 0)

@@ -236,12 +236,11 @@ def annotate_sequence(reader, cfg: AnnotationConfig, trains_per_chunk: int = 4, 
                  beam_data=beam_ok)
         t["n_peaks"][:] = -1
         parts.append(t)
-        masked = np.where(chunk.mask == 0, chunk.data, np.float32(np.nan))
         x = t["xray"]
         for name, sel in (("xray", x), ("laser_on", x & t["ppl"]), ("laser_off", x & ~t["ppl"]),
                           ("dark", ~x & beam_ok)):
             if sel.any():
-                images[name].add(masked[sel])
+                images[name].add_masked(chunk.data, chunk.mask, sel)
         done += len(chunk.chunk_train_ids)
         if progress is not None:
             el = time.monotonic() - t0

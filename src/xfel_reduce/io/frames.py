@@ -137,8 +137,10 @@ class SequenceFrames:
                 del counts
             frame_keys = np.array(sorted(keys), dtype=np.uint64).reshape(-1, 2)
             n = frame_keys.shape[0]
-            data = np.full((n, n_mod) + MODULE_SHAPE, np.nan, np.float32)
-            mask = np.full((n, n_mod) + MODULE_SHAPE, _NO_DATA, np.uint32)
+            # Filled module by module below; only what no module delivered is
+            # set to NaN / NO_DATA afterwards (a full pre-fill costs a second pass).
+            data = np.empty((n, n_mod) + MODULE_SHAPE, np.float32)
+            mask = np.empty((n, n_mod) + MODULE_SHAPE, np.uint32)
             present = np.zeros((n, n_mod), bool)
             cells = np.zeros(n, np.uint16)
             # Encode (train, pulse) as one sortable key to find each module row's frame.
@@ -152,6 +154,9 @@ class SequenceFrames:
                 mask[rows, j] = read_dataset(sd["image.mask"], self.paths[m], "image.mask")
                 cells[rows] = read_dataset(sd["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
                 present[rows, j] = True
+            if not present.all():
+                data[~present] = np.nan
+                mask[~present] = _NO_DATA
             tables, xgm, ok = self._beam(tids)
             yield FrameChunk(
                 train_ids=frame_keys[:, 0].copy(),
