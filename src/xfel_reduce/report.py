@@ -547,7 +547,7 @@ def _execute_and_convert(template: Path, output_html: Path, params: dict[str, An
     try:
         t_exec = time.perf_counter()
         try:
-            pm.execute_notebook(
+            executed = pm.execute_notebook(
                 str(template), str(nb_out), parameters=params, kernel_name=kernel,
                 language=language,  # templates without language_info metadata
                 progress_bar=False, log_output=False,
@@ -565,7 +565,9 @@ def _execute_and_convert(template: Path, output_html: Path, params: dict[str, An
                 f"report {title}: notebook {template} could not be executed with kernel "
                 f"{kernel!r} (no output notebook); check `jupyter kernelspec list`",
                 template=template, output_html=output_html)
-        nb = nbformat.read(nb_out, as_version=4)
+        # papermill returns the executed notebook; the file is needed only when
+        # it raised (its copy then carries the error markers)
+        nb = executed if error is None else nbformat.read(nb_out, as_version=4)
         cell_times = _cell_times(nb)
         for i, d in cell_times:
             write(f"report {title}: cell {i} took {d:.2f} s")
@@ -635,5 +637,6 @@ def _execute_and_convert(template: Path, output_html: Path, params: dict[str, An
     result = ReportResult(output_html, total_s, execute_s, convert_s, cells_s, cell_times, verdict)
     write(f"report {title}: wrote {output_html} ({len(html) / 1e6:.2f} MB) in {total_s:.2f} s "
           f"(cells {cells_s:.2f} s, overhead {result.overhead_s:.2f} s: execute {execute_s:.2f} s, "
-          f"convert {convert_s:.2f} s); verdict {verdict['overall'] if verdict else 'none'}")
+          f"convert {convert_s:.2f} s, before execution {t_exec - t0:.2f} s); "
+          f"verdict {verdict['overall'] if verdict else 'none'}")
     return result

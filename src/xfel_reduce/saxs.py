@@ -84,6 +84,16 @@ SUPPORTED_UNITS = ("q_nm^-1", "q_A^-1", "2th_deg", "2th_rad")
 # per pixel pass was measured slower (strided rows defeat the prefetcher).
 
 
+@njit(inline="always")
+def _store_sums(out, f, acc, bad, n_bins):  # pragma: no cover - numba
+    """Frame ``f``'s sums into ``out[f]``: Σc·x, Σc²·max(x, 1), Σ of bad weights, bad count."""
+    for b in range(n_bins):
+        out[f, 0, b] = acc[b, 0]
+        out[f, 1, b] = acc[b, 1]
+        out[f, 2, b] = bad[b, 0]
+        out[f, 3, b] = bad[b, 1]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _scatter_nosplit(frames, mask, use_mask, bins, wpix, n_bins, out):  # pragma: no cover - numba
     """No pixel splitting: pixel ``p`` goes wholly to bin ``bins[p]`` (−1 = none)."""
@@ -107,11 +117,7 @@ def _scatter_nosplit(frames, mask, use_mask, bins, wpix, n_bins, out):  # pragma
             else:
                 bad[b, 0] += wpix[p]
                 bad[b, 1] += 1.0
-        for b in range(n_bins):
-            out[f, 0, b] = acc[b, 0]
-            out[f, 1, b] = acc[b, 1]
-            out[f, 2, b] = bad[b, 0]
-            out[f, 3, b] = bad[b, 1]
+        _store_sums(out, f, acc, bad, n_bins)
     return out
 
 
@@ -148,11 +154,7 @@ def _scatter_banded(frames, mask, use_mask, first, coefs, wcoefs, n_bins, out): 
                 for j in range(width):
                     bad[r + j, 0] += wcoefs[p, j]
                     bad[r + j, 1] += 1.0 if coefs[p, j] != 0 else 0.0
-        for b in range(n_bins):
-            out[f, 0, b] = acc[b, 0]
-            out[f, 1, b] = acc[b, 1]
-            out[f, 2, b] = bad[b, 0]
-            out[f, 3, b] = bad[b, 1]
+        _store_sums(out, f, acc, bad, n_bins)
     return out
 
 
@@ -185,11 +187,7 @@ def _scatter_csc(frames, mask, use_mask, colptr, rows, coefs, wcoefs, n_bins, ou
                     r = rows[k]
                     bad[r, 0] += wcoefs[k]
                     bad[r, 1] += 1.0
-        for b in range(n_bins):
-            out[f, 0, b] = acc[b, 0]
-            out[f, 1, b] = acc[b, 1]
-            out[f, 2, b] = bad[b, 0]
-            out[f, 3, b] = bad[b, 1]
+        _store_sums(out, f, acc, bad, n_bins)
     return out
 
 

@@ -14,7 +14,7 @@ from ..io.euxfel import AtomicH5File, EuXFELWriter
 from ..io.provenance import attach_provenance
 from ..io.runs import InputDataError, iter_module_chunks, open_file
 from .correct import CommonMode, CorrectionConstants, correct
-from .dark import BadPixelRules, CellMoments, DarkConstants, characterise
+from .dark import BadPixelRules, CellMoments, DarkConstants, characterise, dark_run_files
 
 log = logging.getLogger(__name__)
 MODULE_SHAPE = (512, 128)
@@ -53,15 +53,10 @@ def characterise_module(
         ``{gain_stage: run directory}`` for stages 0, 1, 2.
     """
     analog, digital = [], []
-    for stage in sorted(dark_runs):
-        run_path = Path(dark_runs[stage])
-        _check_gain_mode(run_path, stage)
-        files = sorted(run_path.glob(f"RAW-*-AGIPD{module:02d}-S*.h5"))
-        if not files:
-            raise InputDataError(
-                f"dark run {run_path} has no files for module {module}: the module was not "
-                "recorded; remove it from `modules` in the config or take a new dark"
-            )
+    for _, _, files in dark_run_files(
+            dark_runs, f"RAW-*-AGIPD{module:02d}-S*.h5", _check_gain_mode,
+            f"dark run {{run}} has no files for module {module}: the module was not "
+            "recorded; remove it from `modules` in the config or take a new dark"):
         a, d = CellMoments(n_cells, MODULE_SHAPE), CellMoments(n_cells, MODULE_SHAPE)
         for path in files:
             for _, _, chunk in iter_module_chunks(path, module, raw=True, trains_per_chunk=trains_per_chunk):

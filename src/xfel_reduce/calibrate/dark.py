@@ -9,12 +9,43 @@ pass no digital statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..aggregate import Moments
+from ..io.runs import InputDataError
 from .badpixels import BadPixels
+
+
+def dark_run_files(dark_runs: Mapping[int, str | Path], pattern: str,
+                   check_gain_mode: Callable[[Path, int], None],
+                   missing: str) -> Iterator[tuple[int, Path, list[Path]]]:
+    """The sequence files of each dark run, in gain-stage order.
+
+    Parameters
+    ----------
+    dark_runs : mapping
+        ``{gain stage: run directory}``.
+    pattern : str
+        Glob of the detector's files in a run directory (one module).
+    check_gain_mode : callable
+        ``(run directory, stage)``; raises if the run was not taken in that stage.
+    missing : str
+        Error message when a run has no files; ``{run}`` is replaced by its directory.
+
+    Yields
+    ------
+    (stage, run directory, sorted files)
+    """
+    for stage in sorted(dark_runs):
+        run_path = Path(dark_runs[stage])
+        check_gain_mode(run_path, stage)
+        files = sorted(run_path.glob(pattern))
+        if not files:
+            raise InputDataError(missing.format(run=run_path))
+        yield stage, run_path, files
 
 
 class CellMoments:

@@ -31,7 +31,7 @@ from ..io.provenance import attach_provenance
 from ..io.runs import InputDataError, open_file, read_dataset
 from .badpixels import BadPixels
 from .correct import DECODE_GAIN_BITS, CorrectionConstants, correct
-from .dark import BadPixelRules, CellMoments, DarkConstants, characterise
+from .dark import BadPixelRules, CellMoments, DarkConstants, characterise, dark_run_files
 
 log = logging.getLogger(__name__)
 JF_SHAPE = (512, 1024)
@@ -165,15 +165,10 @@ def characterise_jungfrau(
         no thresholds (JUNGFRAU encodes its gain in the data).
     """
     per_stage = []
-    for stage in sorted(dark_runs):
-        run_path = Path(dark_runs[stage])
-        _check_gain_mode(run_path, stage)
-        files = sorted(run_path.glob(f"RAW-*-JNGFR{module:02d}-S*.h5"))
-        if not files:
-            raise InputDataError(
-                f"JUNGFRAU dark run {run_path} has no files for module JNGFR{module:02d}: check "
-                "calibration.jungfrau.dark_runs and spectroscopy.module in the config"
-            )
+    for stage, run_path, files in dark_run_files(
+            dark_runs, f"RAW-*-JNGFR{module:02d}-S*.h5", _check_gain_mode,
+            f"JUNGFRAU dark run {{run}} has no files for module JNGFR{module:02d}: check "
+            "calibration.jungfrau.dark_runs and spectroscopy.module in the config"):
         acc = CellMoments(n_cells, JF_SHAPE)
         wrong = total = 0
         for path in files:

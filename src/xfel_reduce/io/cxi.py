@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 import h5py
 import numpy as np
 
-from .euxfel import AtomicH5File
+from .euxfel import AtomicH5File, StreamingWriter
 from .provenance import attach_provenance
 
 DATA_PATH = "/entry_1/instrument_1/detector_1/data"
@@ -50,7 +50,7 @@ AGIPD_MODULES = 16
 MODULE_SHAPE = (512, 128)
 
 
-class CxiHitWriter:
+class CxiHitWriter(StreamingWriter):
     """Stream hit frames into a CXI file; the file appears only when closed cleanly.
 
     Parameters
@@ -189,14 +189,6 @@ class CxiHitWriter:
         """Discard the partial file."""
         self._atomic.__exit__(RuntimeError, None, None)
 
-    def __enter__(self) -> "CxiHitWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def cxi_frame_count(path: str | os.PathLike) -> int:

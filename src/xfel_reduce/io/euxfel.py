@@ -63,7 +63,64 @@ class AtomicH5File:
             self.tmp_path.unlink(missing_ok=True)
 
 
-class EuXFELWriter:
+def write_h5(path: str | os.PathLike, prov: dict, datasets: dict[str, np.ndarray],
+             attrs: dict | None = None, compressed: tuple[str, ...] = ()) -> Path:
+    """Write a flat HDF5 file of named arrays atomically, with provenance.
+
+    Parameters
+    ----------
+    path : path
+        Output file (written under a temporary name, then renamed).
+    prov : dict
+        Provenance record (see :mod:`xfel_reduce.io.provenance`).
+    datasets : dict
+        ``{name: array}``; an array may carry an ``axes`` description as
+        ``(array, "gain, cell, ...")``.
+    attrs : dict, optional
+        File attributes.
+    compressed : tuple of str
+        Names of datasets to store gzip-compressed.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    with AtomicH5File(path) as f:
+        attach_provenance(f, prov)
+        for name, value in datasets.items():
+            arr, axes = value if isinstance(value, tuple) else (value, None)
+            kw = {"compression": "gzip", "compression_opts": 1} if name in compressed else {}
+            ds = f.create_dataset(name, data=arr, **kw)
+            if axes:
+                ds.attrs["axes"] = axes
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+    return Path(path)
+
+
+class StreamingWriter:
+    """``with`` support for writers of one output file: :meth:`close` publishes
+    the file on a clean exit, :meth:`abort` discards it on an exception, so an
+    interrupted job never leaves a file that looks complete."""
+
+    def close(self) -> object:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class EuXFELWriter(StreamingWriter):
     """Incremental writer for one EuXFEL-layout sequence file.
 
     Declare the sources with their per-train row counts first, then fill the data
@@ -277,14 +334,6 @@ class EuXFELWriter:
             self._atomic.__exit__(RuntimeError, None, None)
             self._closed = True
 
-    def __enter__(self) -> "EuXFELWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_euxfel_file(

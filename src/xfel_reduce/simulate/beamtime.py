@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import geometry
 from ..io import sources
-from ..io.euxfel import AtomicH5File, EuXFELWriter
+from ..io.euxfel import AtomicH5File, EuXFELWriter, write_h5
 from ..io.provenance import attach_provenance, provenance
 from .beam import BUNCH_TABLE_SIZE, XGM_SLOTS, BeamConfig, make_train_beam
 from .detector import MODULE_SHAPE, ModuleTruth, make_module_truth, raw_frames
@@ -107,23 +107,20 @@ def write_detector_truth(proposal_dir: Path, sim_cfg: dict, config: dict | None 
     proposal_dir = Path(proposal_dir)
     truths = detector_truths(sim_cfg)
     prov = provenance(config or sim_cfg)
-    gain_path = proposal_dir / "calib" / "agipd_gain_constants.h5"
-    truth_path = proposal_dir / "truth" / "detector.h5"
-    with AtomicH5File(gain_path) as f:
-        attach_provenance(f, prov)
-        f["adu_per_photon"] = np.stack([t.adu_per_photon for t in truths], axis=2)
-        f["modules"] = np.array([t.module for t in truths])
-        f["adu_per_photon"].attrs["axes"] = "gain, cell, module, slow_scan, fast_scan"
-    with AtomicH5File(truth_path) as f:
-        attach_provenance(f, prov)
-        f["modules"] = np.array([t.module for t in truths])
-        for name in ("offset", "noise", "digital", "adu_per_photon"):
-            f[name] = np.stack([getattr(t, name) for t in truths], axis=2)
-        f["bad"] = np.stack([t.bad() for t in truths], axis=1)  # (cell, module, ss, fs)
-        for name in ("dead", "hot", "gain_fault"):
-            f[name] = np.stack([getattr(t, name) for t in truths])
-        f["noisy"] = np.stack([t.noisy for t in truths], axis=1)
-        f.attrs["params"] = json.dumps(truths[0].params)
+    modules = np.array([t.module for t in truths])
+    gain_path = write_h5(proposal_dir / "calib" / "agipd_gain_constants.h5", prov, {
+        "adu_per_photon": (np.stack([t.adu_per_photon for t in truths], axis=2),
+                           "gain, cell, module, slow_scan, fast_scan"),
+        "modules": modules,
+    })
+    truth_path = write_h5(proposal_dir / "truth" / "detector.h5", prov, {
+        "modules": modules,
+        **{name: np.stack([getattr(t, name) for t in truths], axis=2)
+           for name in ("offset", "noise", "digital", "adu_per_photon")},
+        "bad": np.stack([t.bad() for t in truths], axis=1),  # (cell, module, ss, fs)
+        **{name: np.stack([getattr(t, name) for t in truths]) for name in ("dead", "hot", "gain_fault")},
+        "noisy": np.stack([t.noisy for t in truths], axis=1),
+    }, attrs={"params": json.dumps(truths[0].params)})
     return gain_path, truth_path
 
 

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..io import sources
-from ..io.euxfel import AtomicH5File, EuXFELWriter
-from ..io.provenance import attach_provenance, provenance
+from ..io.euxfel import EuXFELWriter, write_h5
+from ..io.provenance import provenance
 from .beam import BeamConfig, make_train_beam
 from .beamtime import add_beam_sources, fill_beam_sources, load_scene_class, run_plan, write_run_truth
 from .detector import switching_stage
@@ -228,19 +228,14 @@ def write_jungfrau_detector_truth(proposal_dir: Path, sim_cfg: dict, config: dic
     proposal_dir = Path(proposal_dir)
     t = jungfrau_truth_for(sim_cfg)
     prov = provenance(config or sim_cfg)
-    gain_path = proposal_dir / "calib" / "jungfrau_gain_constants.h5"
-    truth_path = proposal_dir / "truth" / "jungfrau_detector.h5"
-    with AtomicH5File(gain_path) as f:
-        attach_provenance(f, prov)
-        f["adu_per_photon"] = t.adu_per_photon[:, None]
-        f["adu_per_photon"].attrs["axes"] = "gain, module, slow_scan, fast_scan"
-        f["modules"] = np.array([t.module])
-    with AtomicH5File(truth_path) as f:
-        attach_provenance(f, prov)
-        f.attrs["module"] = t.module
-        for name in ("offset", "noise", "adu_per_photon", "dead", "hot", "noisy"):
-            f.create_dataset(name, data=getattr(t, name), compression="gzip", compression_opts=1)
-        f.attrs["params"] = json.dumps(t.params)
+    gain_path = write_h5(proposal_dir / "calib" / "jungfrau_gain_constants.h5", prov, {
+        "adu_per_photon": (t.adu_per_photon[:, None], "gain, module, slow_scan, fast_scan"),
+        "modules": np.array([t.module]),
+    })
+    names = ("offset", "noise", "adu_per_photon", "dead", "hot", "noisy")
+    truth_path = write_h5(proposal_dir / "truth" / "jungfrau_detector.h5", prov,
+                          {name: getattr(t, name) for name in names},
+                          attrs={"module": t.module, "params": json.dumps(t.params)}, compressed=names)
     return gain_path, truth_path
 
 
