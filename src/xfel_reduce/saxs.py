@@ -1030,9 +1030,11 @@ def iter_corr_frames(
             mask = np.empty((b - a, len(paths), 512, 128), np.uint32)
             for i, (f, m) in enumerate(zip(handles, modules)):
                 base = f"INSTRUMENT/{source_template.format(m=m)}/image"
-                f[f"{base}/data"].read_direct(data, np.s_[a:b], np.s_[:, i])
+                # Read contiguous, then copy: HDF5 scattering straight into the
+                # strided module slice ran at ~90 MB/s (23 s of a 29 s SAXS chunk).
+                data[:, i] = f[f"{base}/data"][a:b]
                 if f"{base}/mask" in f:
-                    f[f"{base}/mask"].read_direct(mask, np.s_[a:b], np.s_[:, i])
+                    mask[:, i] = f[f"{base}/mask"][a:b]
                 else:
                     mask[:, i] = 0
             yield {"data": data, "mask": mask, "trainId": ref_tid[a:b], "pulseId": ref_pid[a:b],
