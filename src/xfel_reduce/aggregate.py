@@ -16,26 +16,6 @@ import numpy as np
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _batch_moments(batch, count, mean, m2):  # pragma: no cover - compiled
-    """Count, mean and M2 over axis 0 of ``batch`` (n, p), NaN skipped, one pass."""
-    n, p = batch.shape
-    for j in numba.prange(p):
-        c = 0
-        mu = 0.0
-        s2 = 0.0
-        for i in range(n):
-            v = batch[i, j]
-            if v == v:  # not NaN
-                c += 1
-                d = v - mu
-                mu += d / c
-                s2 += d * (v - mu)
-        count[j] = c
-        mean[j] = mu
-        m2[j] = s2
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
 def _add_moments(batch, mask, rows, count, mean, m2):  # pragma: no cover - compiled
     """Welford update of (count, mean, M2) with ``batch[rows]`` in place; values
     that are NaN or whose ``mask`` is non-zero are skipped (``mask`` may be empty).
@@ -86,29 +66,16 @@ class Moments:
         self.m2 = np.zeros(self.shape, dtype=np.float64)
 
     def add(self, batch: np.ndarray) -> "Moments":
-        """Add samples ``batch[i]`` (shape ``(n,) + shape``)."""
-        batch = np.asarray(batch)
-        if batch.shape[1:] != self.shape:
-            raise ValueError(f"batch of shape {batch.shape} does not fit samples of {self.shape}")
-        if batch.shape[0] == 0:
-            return self
-        # One compiled pass (Welford per element) instead of several array-sized
-        # temporaries: this runs on every image of every run.
-        flat = np.ascontiguousarray(batch.reshape(batch.shape[0], -1))
-        if flat.dtype not in (np.float32, np.float64):
-            flat = flat.astype(np.float64)
-        other = Moments(self.shape)
-        count, mean, m2 = other.count.reshape(-1), other.mean.reshape(-1), other.m2.reshape(-1)
-        _batch_moments(flat, count, mean, m2)
-        return self.merge(other)
+        """Add samples ``batch[i]`` (shape ``(n,) + shape``); NaNs are skipped."""
+        return self.add_masked(batch)
 
     def add_masked(self, batch: np.ndarray, mask: np.ndarray | None = None,
                    rows: np.ndarray | None = None) -> "Moments":
         """Add ``batch[rows]`` skipping elements where ``mask != 0`` (and NaNs).
 
-        Same result as ``add(np.where(mask == 0, batch, nan)[rows])`` to float
-        rounding, in one pass and without copies of the batch: the annotation
-        adds every frame of a run to several image classes this way.
+        The same as adding ``np.where(mask == 0, batch, nan)[rows]``, in one
+        compiled pass (Welford per element) without copies of the batch: the
+        annotation adds every frame of a run to several image classes this way.
         """
         batch = np.asarray(batch)
         if batch.shape[1:] != self.shape:

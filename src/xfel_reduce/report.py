@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO, Union
 
+from .io.atomic import write_atomic
 from .verdict import Check, verdict_html, write_verdict
 
 __all__ = [
@@ -179,14 +180,6 @@ def _make_logger(log: LogTarget) -> tuple[Callable[[str], None], Callable[[], No
         return log, (lambda: None)
     raise TypeError(f"log must be a path, a logging.Logger, a file or a callable, got {type(log)!r}")
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
 
 _CSS_COMMENT_RE = re.compile(r"/\*[^*]*\*+(?:[^/*][^*]*\*+)*/")
 _STYLE_RE = re.compile(r"(<style[^>]*>)(.*?)(</style>)", re.DOTALL | re.IGNORECASE)
@@ -346,19 +339,6 @@ def key_figure(nb: Any) -> bytes | None:
 
     tagged = [c for c in nb.cells if "key-figure" in c.get("metadata", {}).get("tags", [])]
     return first_png(tagged) or first_png(nb.cells)
-
-
-def _write_atomic(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; reports are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cell_times(nb: Any) -> list[tuple[int, float]]:
@@ -533,10 +513,9 @@ def _execute_and_convert(template: Path, output_html: Path, params: dict[str, An
     """Run the notebook on the started kernel ``km``, then publish it."""
     import nbformat
     import papermill as pm
-    from jupyter_client.kernelspec import KernelSpecManager
     from papermill.exceptions import PapermillExecutionError
 
-    language = KernelSpecManager().get_kernel_spec(kernel).language
+    language = km.kernel_spec.language
     warm = threading.Thread(target=_warm_converter, args=(code,), daemon=True)
     warm.start()
 
@@ -597,14 +576,14 @@ def _execute_and_convert(template: Path, output_html: Path, params: dict[str, An
         warm.join()
         html = notebook_to_html(nb, title=title, template_label=template.name, code=code,
                                 resources_dir=template.parent)
-        _write_atomic(output_html, html)
+        write_atomic(output_html, html)
         convert_s = time.perf_counter() - t_conv
         if executed_notebook is not None:
             Path(executed_notebook).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(nb_out, executed_notebook)
         png = key_figure(nb) if figure is not None else None
         if png is not None:
-            _write_atomic(Path(figure), png)
+            write_atomic(Path(figure), png)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
         total_s = time.perf_counter() - t0

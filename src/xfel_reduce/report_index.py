@@ -22,12 +22,12 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .io.atomic import write_atomic
 from .verdict import STATUSES
 
 __all__ = ["RunEntry", "collect_runs", "build_index", "render_index"]
@@ -335,16 +335,4 @@ def build_index(results: str | os.PathLike, output: str | os.PathLike | None = N
     output = Path(output) if output is not None else results / "index.html"
     entries = collect_runs(results, runs)
     page = render_index(entries, output.parent, title)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return output
+    return write_atomic(output, page)

@@ -861,19 +861,23 @@ def fit_sphere(
     """
     from scipy.optimize import least_squares
 
-    q = np.asarray(q, dtype=np.float64)
-    y = np.asarray(intensity, dtype=np.float64)
-    s = np.asarray(sigma, dtype=np.float64)
-    # Bins that counted nothing (σ = 0) carry information too; they enter once the
-    # weights come from the model (variance="model").
-    use = np.isfinite(q) & np.isfinite(y) & np.isfinite(s) & (s >= (0 if variance == "model" else 1e-300)) & (q > 0)
-    if q_range is not None:
-        use &= (q >= q_range[0]) & (q <= q_range[1])
+    if variance not in ("model", "data"):
+        raise ValueError(f"variance must be 'model' or 'data', got {variance!r}")
     n_lin = {"none": 1, "constant": 2, "quadratic": 3}.get(background)
     if n_lin is None:
         raise ValueError(f"background must be 'none', 'constant' or 'quadratic', got {background!r}")
-    if (use & (s > 0)).sum() < n_lin + 3:
-        raise ValueError(f"only {int(use.sum())} usable points for the sphere fit: widen q_range or check the data")
+    q = np.asarray(q, dtype=np.float64)
+    y = np.asarray(intensity, dtype=np.float64)
+    s = np.asarray(sigma, dtype=np.float64)
+    counted = np.isfinite(q) & np.isfinite(y) & np.isfinite(s) & (q > 0)
+    if q_range is not None:
+        counted &= (q >= q_range[0]) & (q <= q_range[1])
+    # Bins that counted nothing (σ = 0) carry information too; they enter once the
+    # weights come from the model.
+    use = counted & ((s > 0) | ((s == 0) & (variance == "model")))
+    n_weighted = int((use & (s > 0)).sum())
+    if n_weighted < n_lin + 3:
+        raise ValueError(f"only {n_weighted} usable points for the sphere fit: widen q_range or check the data")
     qq, yy = q[use], y[use]
     with np.errstate(divide="ignore"):
         ww = np.where(s[use] > 0, 1.0 / s[use], 0.0)
@@ -933,8 +937,6 @@ def fit_sphere(
                 floor = 0.1 * np.min(np.abs(m[m != 0])) if np.any(m != 0) else 1.0
                 ww = 1.0 / np.sqrt(ratio * np.maximum(m, floor))
                 sol = least_squares(resid, sol.x, method="lm", x_scale="jac")
-    elif variance != "data":
-        raise ValueError(f"variance must be 'model' or 'data', got {variance!r}")
     dof = max(1, qq.size - sol.x.size)
     chi2_red = float(np.sum(sol.fun**2) / dof)
     try:
@@ -1353,4 +1355,3 @@ def write_partial(path: str | Path, acc: SaxsAccumulator, engine_info: Mapping[s
         f.attrs["engine"] = json.dumps(dict(engine_info))
         f.attrs["provenance"] = json.dumps(dict(provenance), default=str)
     os.replace(tmp, path)
-

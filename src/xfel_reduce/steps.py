@@ -5,7 +5,6 @@ run and tested without Snakemake and reused by the CLI.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +18,7 @@ from .calibrate import agipd
 from .calibrate.correct import CommonMode
 from .calibrate.dark import BadPixelRules
 from .io import sources
+from .io.atomic import write_json
 from .io.euxfel import AtomicH5File
 from .io.frames import SequenceFrames
 from .io.provenance import attach_provenance, provenance
@@ -258,8 +258,5 @@ def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path
         "provenance": provenance(config, list(raw_files) + list(inputs), step="summary", run=run),
         **(extra or {}),
     }
-    tmp = Path(output).with_suffix(".json.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(output)
+    write_json(output, summary, indent=2)
     return summary

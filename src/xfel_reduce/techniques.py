@@ -6,7 +6,6 @@ mergeable partial, and a per-run step that merges the partials into the products
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,7 @@ import numpy as np
 
 from . import geometry
 from .io import sources
+from .io.atomic import write_json
 from .io.euxfel import AtomicH5File
 from .io.frames import SequenceFrames
 from .io.provenance import attach_provenance, provenance
@@ -113,9 +113,7 @@ def sfx_run(config: dict, run: int, cxi_files: Sequence[Path], tables: Sequence[
     stats = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in stats.items()}
     stats["events_in_lst"] = n
     stats["provenance"] = provenance(config, list(cxi_files) + list(tables), step="sfx_run", run=run)
-    tmp = Path(out_stats).with_suffix(".tmp")
-    tmp.write_text(json.dumps(stats, indent=1, default=float))
-    tmp.replace(out_stats)
+    write_json(out_stats, stats, default=float)
     return stats
 
 
@@ -231,9 +229,7 @@ def saxs_run(config: dict, run: int, partials: Sequence[Path], output: Path, out
 
     prov = provenance(config, list(partials), step="saxs_run", run=run)
     res = gather_run(partials, output, prov, title=f"SAXS run {run}", run=f"r{run:04d}")
-    tmp = Path(output_json).with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1, default=float))
-    tmp.replace(output_json)
+    write_json(output_json, res, default=float)
     return res
 
 
@@ -302,9 +298,7 @@ def spectroscopy_run(config: dict, run: int, partials: Sequence[Path], curvature
 
     prov = provenance(config, list(partials) + [curvature], step="spectroscopy_run", run=run)
     res = spectroscopy.gather_run(partials, Path(curvature), _spec_cfg(config), Path(output), prov)
-    tmp = Path(output_json).with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1, default=float))
-    tmp.replace(output_json)
+    write_json(output_json, res, default=float)
     return res
 
 

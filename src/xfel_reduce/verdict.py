@@ -18,10 +18,11 @@ import html
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from .io.atomic import write_json
 
 __all__ = [
     "STATUSES",
@@ -242,19 +243,7 @@ def write_verdict(checks: Sequence[Check] | dict[str, Any], path: str | os.PathL
     Returns the summary that was written.
     """
     summary = checks if isinstance(checks, dict) else verdict_summary(checks, **extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(summary, fh, indent=1, allow_nan=False)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; verdicts are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, summary, allow_nan=False)
     return summary
 
 

@@ -15,12 +15,12 @@ CONDA_ENV = "../../envs/xfel-reduce.yaml"
 # annotate, aggregate) first, so every run's calibrated, annotated data and
 # aggregates exist as early as possible; technique reductions next; reports last.
 PRIORITY_SPINE = 20
+PRIORITY_TECHNIQUE = 10
 # Per-chunk jobs declare `threads: 1`: they alternate HDF5 I/O with numba
 # kernels and keep about one core busy, so on a small machine two single-thread
-# jobs side by side beat one two-thread job (see README,
-# "Measured").  On a cluster raise them with `--set-threads correct=4 ...`; numba's
-# pool follows the job's threads (steps.setup_logging).
-PRIORITY_TECHNIQUE = 10
+# jobs side by side beat one two-thread job (README, "Measured").  On a cluster
+# raise them with `--set-threads correct=4 ...`; numba's pool follows the job's
+# threads (steps.setup_logging).
 RESULTS = config["results_dir"]
 PROPOSAL = config["proposal_dir"]
 MODULES = modules_of(config)

@@ -10,8 +10,7 @@ import h5py
 import numpy as np
 
 from ..io import sources
-from ..io.euxfel import AtomicH5File, EuXFELWriter
-from ..io.provenance import attach_provenance
+from ..io.euxfel import EuXFELWriter, write_h5
 from ..io.runs import InputDataError, iter_module_chunks, open_file
 from .correct import CommonMode, CorrectionConstants, correct
 from .dark import BadPixelRules, CellMoments, DarkConstants, characterise, dark_run_files
@@ -69,19 +68,13 @@ def characterise_module(
 
 def write_constants(path: Path, module: int, dark: DarkConstants, adu_per_photon: np.ndarray, prov: dict) -> None:
     """Write one module's constants (HDF5, datasets ``(gain, cell, ss, fs)``)."""
-    with AtomicH5File(path) as f:
-        attach_provenance(f, prov)
-        f.attrs["module"] = module
-        for name in ("offset", "noise", "badpixels", "thresholds", "digital_mean", "digital_std", "count"):
-            arr = getattr(dark, name)
-            if arr is not None:
-                # Bad-pixel bits and counts shrink ~20x with gzip; noisy float maps
-                # barely shrink and cost every correction job a decompression.
-                kw = ({"compression": "gzip", "compression_opts": 1, "shuffle": True}
-                      if arr.dtype.kind in "iub" else {})
-                f.create_dataset(name, data=arr, **kw)
-        f.create_dataset("adu_per_photon", data=adu_per_photon.astype(np.float32))
-        f.attrs["axes"] = "gain, cell, slow_scan, fast_scan"
+    names = ("offset", "noise", "badpixels", "thresholds", "digital_mean", "digital_std", "count")
+    arrays = {name: getattr(dark, name) for name in names if getattr(dark, name) is not None}
+    arrays["adu_per_photon"] = adu_per_photon.astype(np.float32)
+    # Only the integer arrays are compressed: a float map would cost every
+    # correction job a decompression for almost no space.
+    write_h5(path, prov, arrays, attrs={"module": module, "axes": "gain, cell, slow_scan, fast_scan"},
+             compressed=[k for k, a in arrays.items() if a.dtype.kind in "iub"])
 
 
 def read_gain_constants(path: Path, module: int) -> np.ndarray:

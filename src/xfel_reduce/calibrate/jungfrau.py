@@ -26,8 +26,7 @@ import h5py
 import numpy as np
 
 from ..io import sources
-from ..io.euxfel import AtomicH5File, EuXFELWriter
-from ..io.provenance import attach_provenance
+from ..io.euxfel import EuXFELWriter, write_h5
 from ..io.runs import InputDataError, open_file, read_dataset
 from .badpixels import BadPixels
 from .correct import DECODE_GAIN_BITS, CorrectionConstants, correct
@@ -229,19 +228,14 @@ def read_gain_constants(path: Path, module: int, n_cells: int) -> np.ndarray:
 
 def write_constants(path: Path, module: int, dark: DarkConstants, adu_per_photon: np.ndarray, prov: dict) -> None:
     """Write one module's constants (HDF5 datasets ``(gain, cell, ss, fs)``)."""
-    with AtomicH5File(path) as f:
-        attach_provenance(f, prov)
-        f.attrs["module"] = module
-        f.attrs["detector"] = "JUNGFRAU"
-        f.attrs["axes"] = "gain, cell, slow_scan, fast_scan"
-        # Offsets, noise and gains are noisy floats that hardly compress; bad-pixel
-        # bits and sample counts compress by orders of magnitude.
-        f.create_dataset("offset", data=dark.offset.astype(np.float32))
-        f.create_dataset("noise", data=dark.noise.astype(np.float32))
-        f.create_dataset("adu_per_photon", data=adu_per_photon.astype(np.float32))
-        f.create_dataset("badpixels", data=dark.badpixels, compression="gzip", compression_opts=1, shuffle=True)
-        f.create_dataset("count", data=dark.count.astype(np.uint32), compression="gzip", compression_opts=1,
-                         shuffle=True)
+    write_h5(path, prov, {
+        "offset": dark.offset.astype(np.float32),
+        "noise": dark.noise.astype(np.float32),
+        "adu_per_photon": adu_per_photon.astype(np.float32),
+        "badpixels": dark.badpixels,
+        "count": dark.count.astype(np.uint32),
+    }, attrs={"module": module, "detector": "JUNGFRAU", "axes": "gain, cell, slow_scan, fast_scan"},
+        compressed=("badpixels", "count"))
 
 
 def load_constants(path: Path, saturation: int = ANALOG_BITS) -> CorrectionConstants:

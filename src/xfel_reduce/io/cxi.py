@@ -190,7 +190,6 @@ class CxiHitWriter(StreamingWriter):
         self._atomic.__exit__(RuntimeError, None, None)
 
 
-
 def cxi_frame_count(path: str | os.PathLike) -> int:
     """Number of frames in a CXI file written by :class:`CxiHitWriter`."""
     with h5py.File(path, "r") as f:

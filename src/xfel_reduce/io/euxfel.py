@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import h5py
 import numpy as np
@@ -64,7 +64,7 @@ class AtomicH5File:
 
 
 def write_h5(path: str | os.PathLike, prov: dict, datasets: dict[str, np.ndarray],
-             attrs: dict | None = None, compressed: tuple[str, ...] = ()) -> Path:
+             attrs: dict | None = None, compressed: Iterable[str] = ()) -> Path:
     """Write a flat HDF5 file of named arrays atomically, with provenance.
 
     Parameters
@@ -78,19 +78,21 @@ def write_h5(path: str | os.PathLike, prov: dict, datasets: dict[str, np.ndarray
         ``(array, "gain, cell, ...")``.
     attrs : dict, optional
         File attributes.
-    compressed : tuple of str
-        Names of datasets to store gzip-compressed.
+    compressed : iterable of str
+        Names of datasets to store gzip-compressed (bit masks and counts shrink
+        by orders of magnitude; noisy float maps hardly do).
 
     Returns
     -------
     Path
         The written file.
     """
+    compressed = set(compressed)
     with AtomicH5File(path) as f:
         attach_provenance(f, prov)
         for name, value in datasets.items():
             arr, axes = value if isinstance(value, tuple) else (value, None)
-            kw = {"compression": "gzip", "compression_opts": 1} if name in compressed else {}
+            kw = {"compression": "gzip", "compression_opts": 1, "shuffle": True} if name in compressed else {}
             ds = f.create_dataset(name, data=arr, **kw)
             if axes:
                 ds.attrs["axes"] = axes
@@ -333,7 +335,6 @@ class EuXFELWriter(StreamingWriter):
         if not self._closed:
             self._atomic.__exit__(RuntimeError, None, None)
             self._closed = True
-
 
 
 def write_euxfel_file(

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import geometry
 from ..io import sources
+from ..io.atomic import write_json
 from ..io.euxfel import AtomicH5File, EuXFELWriter, write_h5
 from ..io.provenance import attach_provenance, provenance
 from .beam import BUNCH_TABLE_SIZE, XGM_SLOTS, BeamConfig, make_train_beam
@@ -124,7 +125,6 @@ def write_detector_truth(proposal_dir: Path, sim_cfg: dict, config: dict | None 
     return gain_path, truth_path
 
 
-
 def add_beam_sources(da: EuXFELWriter, n_trains: int, photon_energy_kev: float) -> None:
     """Declare a DA file's beam sources: XGM pulse energies and the bunch pattern.
 
@@ -156,9 +156,7 @@ def write_run_truth(proposal_dir: Path, run: int, truth: dict, frame_truth: dict
         extra = scene.frame_truth() if hasattr(scene, "frame_truth") else {}
         for key, arr in extra.items():
             f[f"scene/{key}"] = np.asarray(arr)
-    tmp = truth_dir / ".truth.json.tmp"
-    tmp.write_text(json.dumps(truth, indent=2, default=str))
-    tmp.replace(truth_dir / "truth.json")
+    write_json(truth_dir / "truth.json", truth, indent=2, default=str)
     return [truth_dir / "truth.h5", truth_dir / "truth.json"]
 
 

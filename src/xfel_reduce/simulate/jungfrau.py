@@ -393,4 +393,3 @@ def simulate_jungfrau_run(
         "jungfrau": {k: v for k, v in truth.params.items()},
     }
     return written + write_run_truth(proposal_dir, run, truth_json, frame_truth, scene, prov)
-
