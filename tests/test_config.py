@@ -92,3 +92,22 @@ def test_dag_of_16_modules_x_50_sequences_without_reading_data(tmp_path):
     assert counts["correct"] == 50 and counts["annotate_chunk"] == 50  # one job per sequence
     assert counts["dark"] == 16
     assert elapsed < 120
+
+
+def shipped_configs() -> list[Path]:
+    """Every config a user can start from: the demo, the examples and the test configs."""
+    return ([REPO / "config" / "config.yaml"] + sorted((REPO / "config" / "examples").glob("*.yaml"))
+            + sorted((REPO / "tests" / "data").glob("*.yaml")))
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+@pytest.mark.parametrize("config", shipped_configs(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_builds_its_dag(config, profile):
+    """The DAG, job groups included (a group left and re-entered is an error only
+    Snakemake's group logic sees), builds for each shipped config and profile."""
+    args = ["-n", "--nolock", "--configfile", str(config)]
+    args += ["--profile", "slurm"] if profile == "slurm" else ["--cores", "2"]
+    res = _snakemake(*args)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "Job stats" in out or "Nothing to be done" in out

@@ -3,6 +3,8 @@
 from xfel_reduce.simulate.beamtime import expected_files, truth_dir_for
 from xfel_reduce.simulate.jungfrau import JUNGFRAU_RUN_TYPES, expected_jungfrau_files
 
+SIMULATED_FILES = []
+
 if SIM:
     rule simulate_detector:
         output:
@@ -33,3 +35,8 @@ if SIM:
             priority: PRIORITY_SPINE
             conda: CONDA_ENV
             script: "../scripts/simulate_run.py"
+        SIMULATED_FILES += list(getattr(rules, f"simulate_r{_run:04d}").output)
+
+    rule simulate_all:
+        """The whole synthetic beamtime (target of `xfel-reduce simulate`)."""
+        input: rules.simulate_detector.output, SIMULATED_FILES

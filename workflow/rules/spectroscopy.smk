@@ -37,7 +37,9 @@ rule spectroscopy_image:
     output: os.path.join(RESULTS, "r{run}", "spectroscopy", "partials", "image-S{seq}.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "spectroscopy", "image-S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "spectroscopy", "image-S{seq}.tsv")
-    group: "technique_chunk"
+    # Not "technique_chunk": the per-run curvature fit sits between this pass and
+    # spectroscopy_reduce, so one group holding both would depend on itself.
+    group: "technique_prepass"
     resources: mem_mb=scaled(3000), runtime=scaled(30)
     priority: PRIORITY_TECHNIQUE
     conda: CONDA_ENV
