@@ -1,7 +1,9 @@
-"""Shared fixtures: small simulated beamtimes reduced with the library steps."""
+"""Shared fixtures: small simulated beamtimes reduced with the library steps or the workflow."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import yaml
 
 from xfel_reduce import steps
 from xfel_reduce.io import sources
+from xfel_reduce.io.trains import train_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +54,7 @@ def reduce_run(cfg: dict, run: int) -> dict:
             steps.correct_file(cfg, m, raw_dir / sources.raw_filename(run, m, s), consts[m], c)
             corr.append(c)
         p = res / f"r{run:04d}" / "partials" / f"S{s:05d}.h5"
-        steps.annotate_chunk(cfg, corr, raw_dir / sources.da_filename(run, s), p)
+        steps.annotate_chunk(cfg, corr, train_files(raw_dir), p)
         partials.append(p)
     thr = res / f"r{run:04d}" / "partials" / "hit_thresholds.h5"
     steps.hit_thresholds(cfg, partials, thr)
@@ -80,3 +83,33 @@ def tiny_reduced(tmp_path_factory) -> dict:
 @pytest.fixture()
 def tiny_cfg(tmp_path) -> dict:
     return copy.deepcopy(tiny_config(tmp_path))
+
+
+def run_workflow(config_name: str, tmp: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run the Snakemake workflow on ``tests/data/<config_name>`` with proposal and results in ``tmp``."""
+    cfg = yaml.safe_load((REPO / "tests" / "data" / config_name).read_text())
+    cfg["proposal_dir"] = str(tmp / "p900001")
+    cfg["results_dir"] = str(tmp / "results")
+    cfg["calibration"]["gain_constants"] = str(tmp / "p900001" / "calib" / "agipd_gain_constants.h5")
+    if "jungfrau" in cfg["calibration"]:
+        cfg["calibration"]["jungfrau"]["gain_constants"] = str(tmp / "p900001" / "calib" / "jungfrau_gain_constants.h5")
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(path),
+                          "--workflow-profile", "profiles/default", *extra],
+                         cwd=REPO, capture_output=True, text=True, timeout=1500)
+    return cfg, res
+
+
+@pytest.fixture(scope="session")
+def tech_run(tmp_path_factory) -> tuple[Path, dict]:
+    """(folder, config) of the workflow run on tiny_techniques.yaml: SFX r11, XPCS r12, SAXS r13,
+    spectroscopy r14, under ``folder/p900001`` and ``folder/results``.
+
+    Session-scoped: the workflow takes minutes, and every test reading its products
+    (test_workflow, test_damnit) shares the one run.  Tests must not modify it.
+    """
+    tmp = tmp_path_factory.mktemp("tech")
+    cfg, res = run_workflow("tiny_techniques.yaml", tmp)
+    assert res.returncode == 0, res.stderr[-5000:]
+    return tmp, cfg

@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from xfel_reduce import annotate
+from xfel_reduce import annotate, steps
 from xfel_reduce.aggregate import Moments
-from xfel_reduce.io import sources
+from xfel_reduce.io import sources, trains
 from xfel_reduce.io.frames import SequenceFrames
 from xfel_reduce.io.provenance import read_provenance
 from xfel_reduce.io.runs import InputDataError
@@ -99,7 +99,7 @@ def test_summary_reports_reduction(tiny_reduced):
 
 
 def test_frame_stats_kernel_equals_numpy(tiny_reduced):
-    reader = SequenceFrames({m: tiny_reduced["corr_dir"] / sources.corr_filename(10, m, 0) for m in (0, 1)}, None)
+    reader = SequenceFrames({m: tiny_reduced["corr_dir"] / sources.corr_filename(10, m, 0) for m in (0, 1)})
     chunk = next(reader.iter_chunks(2))
     cfg = annotate.AnnotationConfig()
     p1, l1 = annotate.frame_stats(chunk.data, chunk.mask, chunk.present, cfg)
@@ -113,14 +113,14 @@ def test_aggregation_is_split_invariant(tiny_reduced, splits):
     """The same trains processed as one chunk or as several give the same run result."""
     r = tiny_reduced
     corr = {m: r["corr_dir"] / sources.corr_filename(10, m, 0) for m in (0, 1)}
-    da = r["raw_dir"] / sources.da_filename(10, 0)
     cfg = annotate.AnnotationConfig()
-    whole_table, whole = annotate.annotate_sequence(SequenceFrames(corr, da), cfg, trains_per_chunk=4)
-    tids = SequenceFrames(corr, da).train_ids
+    tids = SequenceFrames(corr).train_ids
+    beam = steps.sequence_beam(r["cfg"], trains.train_files(r["raw_dir"]), tids)
+    whole_table, whole = annotate.annotate_sequence(SequenceFrames(corr), cfg, beam, trains_per_chunk=4)
     bounds = [0, *splits, len(tids)]
     tables, merged = [], None
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        t, im = annotate.annotate_sequence(SequenceFrames(corr, da, tids[lo:hi]), cfg, trains_per_chunk=1)
+        t, im = annotate.annotate_sequence(SequenceFrames(corr, tids[lo:hi]), cfg, beam, trains_per_chunk=1)
         tables.append(t)
         merged = im if merged is None else {k: merged[k].merge(im[k]) for k in im}
     table = annotate.concat_tables(tables)
@@ -162,13 +162,13 @@ def test_truncated_file_gives_clear_error(tiny_reduced, tmp_path):
     bad = tmp_path / src.name
     bad.write_bytes(src.read_bytes()[: src.stat().st_size // 3])
     with pytest.raises(InputDataError, match=r"truncated or corrupt.*exclude"):
-        SequenceFrames({0: bad, 1: tiny_reduced["corr_dir"] / sources.corr_filename(10, 1, 0)}, None)
+        SequenceFrames({0: bad, 1: tiny_reduced["corr_dir"] / sources.corr_filename(10, 1, 0)})
 
 
 def test_missing_module_gives_clear_error(tiny_reduced, tmp_path):
     with pytest.raises(InputDataError, match=r"missing input file .*AGIPD01.*modules"):
         SequenceFrames({0: tiny_reduced["corr_dir"] / sources.corr_filename(10, 0, 0),
-                        1: tmp_path / sources.corr_filename(10, 1, 0)}, None)
+                        1: tmp_path / sources.corr_filename(10, 1, 0)})
 
 
 def test_train_with_missing_frames_is_flagged_not_dropped(tmp_path):

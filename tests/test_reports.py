@@ -25,7 +25,7 @@ import pytest
 
 from xfel_reduce.report import (ReportExecutionError, external_references, render_report,
                                 verdict_path_for)
-from xfel_reduce.report_index import build_index, collect_runs
+from xfel_reduce.report_index import build_index, collect_runs, hit_finding_ran, kept_frames
 from xfel_reduce.verdict import Check, check_max, check_range, overall_status, verdict_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,34 +141,87 @@ def make_annotation_file(path: Path, run: int, n_trains: int = 40, n_pulses: int
             "dark_hits": int((hit & ~xray).sum())}
 
 
+# Files the workflow writes below results/rNNNN/ per technique for a one-sequence run
+# ({product name in summary.json: [paths]}, as technique_products in
+# workflow/rules/common.smk), and the intermediate files it leaves there too.
+_COMMON_PRODUCTS = {"annotation": ["annotation/REDU-R{r}-ANNOT-S00000.h5"], "aggregate": ["aggregate/run.h5"]}
+_TECHNIQUE_PRODUCTS = {
+    "spi": {},
+    "sfx": {"cxi_hits": ["sfx/hits-S00000.cxi"], "peak_tables": ["sfx/peaks/REDU-R{r}-SFX-S00000.h5"],
+            "crystfel": ["sfx/hits.lst", "sfx/agipd.geom", "sfx/hit_statistics.json"]},
+    "xpcs": {"xpcs": ["xpcs/xpcs.h5"]},
+    "saxs": {"saxs_frames": ["saxs/REDU-R{r}-SAXS-S00000.h5"],
+             "nxcansas": ["saxs/saxs_nxcansas.h5", "saxs/saxs_summary.json"]},
+}
+_INTERMEDIATE = {"": ["partials/S00000.h5", "partials/hit_thresholds.h5"],
+                 "xpcs": ["xpcs/partials/S00000.h5"], "saxs": ["saxs/partials/S00000.h5"]}
+# snakemake's benchmark: file header; run_summary reads s and max_rss
+_BENCHMARK = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def _placeholder(path: Path, n_bytes: int) -> None:
+    """A small product file of about ``n_bytes`` (HDF5 for .h5/.cxi, text otherwise)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".h5", ".cxi"):
+        with h5py.File(path, "w") as f:
+            f["x"] = np.zeros(max(n_bytes // 8, 1))
+    else:
+        path.write_text("x" * n_bytes)
+
+
 def make_results_tree(results: Path, runs: dict[int, str], n_mod: int = 2,
                       residual_offsets: dict[int, float] | None = None,
                       dark_hit_runs: tuple[int, ...] = ()) -> dict[int, dict]:
-    """A results/ tree as the workflow leaves it before the report rules: summary.json,
-    dark constants, CORR and annotation files, one product per run."""
+    """A results/ tree as the workflow leaves it before the report rules.
+
+    Per run: dark constants, CORR and annotation files (real content, read by the
+    notebooks), placeholder products and intermediates under the paths the
+    workflow uses for the run type, and ``summary.json`` written by the workflow's
+    own :func:`xfel_reduce.steps.run_summary` from the annotation table, sparse
+    RAW files of full size (outside ``results/``) and a benchmark file, so it
+    holds exactly the keys and shapes the real summary has (``frames_out`` as
+    ``{"annotation": frames, "hits": hits}``, bytes and ratios per product).
+    """
+    from xfel_reduce import steps
+    from xfel_reduce.io.redu import read_frame_table
+
     out = {}
     for k, (run, run_type) in enumerate(sorted(runs.items())):
-        rdir = results / f"r{run:04d}"
-        dark = results / "calibration" / f"dark_r{run:04d}.h5"
+        r = f"{run:04d}"
+        rdir = results / f"r{r}"
+        dark = results / "calibration" / f"dark_r{r}.h5"
         make_dark_file(dark, n_mod=n_mod, seed=run)
-        corr = make_corr_files(results / "proc" / f"r{run:04d}", run, n_mod=n_mod, seed=run + 1,
+        corr = make_corr_files(results / "proc" / f"r{r}", run, n_mod=n_mod, seed=run + 1,
                                residual_offset=(residual_offsets or {}).get(run, 0.0))
-        ann = rdir / "annotation" / f"REDU-R{run:04d}-ANNOT-S00000.h5"
+        ann = rdir / "annotation" / f"REDU-R{r}-ANNOT-S00000.h5"
         truth = make_annotation_file(ann, run, seed=run + 2, hit_rate=0.1 + 0.1 * k,
                                      dark_hits=run in dark_hit_runs)
-        product = rdir / run_type / f"{run_type}_r{run:04d}.h5"
-        product.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(product, "w") as f:
-            f["x"] = np.arange(10)
-        frames = truth["frames"]
-        summary = {"run": run, "run_type": run_type, "frames_in": frames, "frames_out": truth["hits"],
-                   "bytes_in": frames * 16 * 512 * 128 * 4, "bytes_out": 1000 + 100 * truth["hits"],
-                   "reduction_ratio": {run_type: 1000.0 * (k + 1), "annotation": 50.0},
-                   "hit_rate": truth["hit_rate"], "timings": {"annotation": 1.0},
-                   "provenance": {"git_commit": "test"}}
-        (rdir / "summary.json").write_text(json.dumps(summary))
+        products = {name: [rdir / f.format(r=r) for f in files]
+                    for name, files in {**_COMMON_PRODUCTS, **_TECHNIQUE_PRODUCTS[run_type]}.items()}
+        for name, files in products.items():
+            for f in files:
+                if not f.exists():
+                    # hit-only products grow with the hits, the others with the frames
+                    per_frame = truth["hits"] if name in ("cxi_hits", "crystfel") else truth["frames"]
+                    _placeholder(f, 200 + 40 * per_frame)
+        for f in _INTERMEDIATE[""] + _INTERMEDIATE.get(run_type, []):
+            _placeholder(rdir / f, 2000)
+        # RAW as big as the real one (sparse: no disk space), outside results/
+        raw = [results.parent / "raw" / f"r{r}" / f"RAW-R{r}-{agg}-S00000.h5"
+               for agg in [f"AGIPD{m:02d}" for m in range(n_mod)] + ["DA01"]]
+        for f in raw:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            with open(f, "wb") as fh:
+                fh.truncate(truth["frames"] * 2 * 512 * 128 * 2 if "AGIPD" in f.name else 10**6)
+        bench = results / "benchmarks" / f"r{r}" / "aggregate.tsv"
+        bench.parent.mkdir(parents=True, exist_ok=True)
+        bench.write_text(_BENCHMARK + "1.5\t0:00:01\t300.0\t900\t250\t260\t1\t2\t50\t1.2\n")
+        table = read_frame_table(ann, ANNOTATION_SOURCE)
+        summary = steps.run_summary({"test": "synthetic results tree"}, run, run_type, raw, products,
+                                    table, bench.parent, rdir / "summary.json", inputs=[ann])
         out[run] = {"dark": dark, "corr": corr, "annotation": [ann], "truth": truth,
-                    "summary": summary, "product": product}
+                    "summary": summary, "products": products,
+                    "product": products[next(iter(_TECHNIQUE_PRODUCTS[run_type]), "aggregate")][0]}
     return out
 
 
@@ -395,23 +448,55 @@ def test_annotation_verdict_matches_truth(workflow_results):
     assert verdicts[2]["overall"] == "fail" and verdicts[1]["overall"] == "pass"
 
 
+def _index_table(page: str) -> tuple[list[str], dict[int, dict[str, str]]]:
+    """Headers of the index table and every row's cells (``<td>`` elements) by header."""
+    heads = re.findall(r"<th\b[^>]*>(.*?)</th>", page)
+    rows = re.findall(r'<tr data-run="(\d+)">(.*?)</tr>', page, re.S)
+    return heads, {int(r): dict(zip(heads, re.findall(r"<td\b[^>]*>.*?</td>", row, re.S), strict=True))
+                   for r, row in rows}
+
+
+def _text(cell: str) -> str:
+    return " ".join(re.sub(r"<[^>]+>", " ", cell).split())
+
+
 def test_index_lists_every_run_with_links(workflow_results):
     work, truth, _ = workflow_results
     results = work / "results"
     page = (results / "index.html").read_text()
-    rows = re.findall(r'<tr data-run="(\d+)">(.*?)</tr>', page, re.S)
-    assert sorted(int(r) for r, _ in rows) == sorted(RUNS)
-    for run, row in rows:
-        run = int(run)
+    heads, rows = _index_table(page)
+    assert heads == ["run", "type", "frames in", "frames kept", "hit rate", "reduction", "verdict",
+                     "reports", "products"]
+    assert sorted(rows) == sorted(RUNS)
+    for run, cells in rows.items():
+        rdir = results / f"r{run:04d}"
+        summary = json.loads((rdir / "summary.json").read_text())
+        row = "".join(cells.values())
         for stage in ("calibration", "annotation"):
-            assert f'href="r{run:04d}/reports/{stage}.html"' in row
-        assert f'href="r{run:04d}/{RUNS[run]}/{RUNS[run]}_r{run:04d}.h5"' in row
-        assert f'{100 * truth[run]["truth"]["hit_rate"]:.2f} %' in row
-        assert RUNS[run] in row
+            assert f'href="r{run:04d}/reports/{stage}.html"' in cells["reports"]
+            # the report's figure is part of the report page, not a product
+            assert (rdir / "reports" / f"{stage}.png").is_file()
+            assert f"reports/{stage}.png" not in row
+        # every file the workflow left in the run directory is linked as a product
+        linked = set(re.findall(r'href="([^"]+)"', cells["products"]))
+        expected = {p.relative_to(results).as_posix() for p in rdir.rglob("*")
+                    if p.is_file() and p.parent.name != "reports" and p.name != "summary.json"}
+        assert linked == expected
+        assert truth[run]["product"].relative_to(results).as_posix() in linked
+        assert _text(cells["type"]) == RUNS[run]
+        assert _text(cells["frames in"]).startswith(f"{summary['frames_in']:,}")
+        overall = summary["bytes_in"] / sum(summary["bytes_out"].values())
+        assert f"<b>{overall:,.0f}\u00d7</b>" in cells["reduction"]
+        if RUNS[run] == "sfx":  # hit finding: the hit rate and the hit frames
+            assert _text(cells["hit rate"]) == f"{100 * summary['hit_rate']:.2f} %"
+            assert _text(cells["frames kept"]) == f"{summary['frames_out']['hits']:,} hits"
+        else:  # SAXS: the summary's lit-pixel "hit rate" means nothing
+            assert summary["hit_rate"] is not None
+            assert _text(cells["hit rate"]) == _text(cells["frames kept"]) == "n/a"
         # every link resolves to a file
         for href in re.findall(r'href="([^"]+)"', row):
             assert (results / href).is_file(), href
-    verdicts = {int(r): re.search(r'class="verdict v-(\w+)"', row).group(1) for r, row in rows}
+    verdicts = {run: re.search(r'class="verdict v-(\w+)"', c["verdict"]).group(1) for run, c in rows.items()}
     assert verdicts == {1: "warn", 2: "fail"}
     assert "addEventListener" in page  # sortable
 
@@ -432,6 +517,44 @@ def test_index_handles_missing_and_broken_inputs(tmp_path):
     page = build_index(results, runs=[3, 4, 5]).read_text()
     assert page.count("<tr data-run=") == 3
     assert "400\u00d7" in page
+    heads, rows = _index_table(page)
+    # no run with hit finding: its columns would be empty in every row
+    assert "hit rate" not in heads and "frames kept" not in heads
+    assert _text(rows[3]["frames in"]) == "\u2014" and _text(rows[4]["frames in"]) == "10"
+
+
+def _summary(run: int, run_type: str, **kw) -> dict:
+    """A summary.json as run_summary writes it (the keys the index reads)."""
+    return {"run": run, "run_type": run_type, "frames_in": 640, "xray_frames": 480,
+            "frames_out": {"annotation": 640, "hits": 48}, "bytes_in": 10**9,
+            "bytes_out": {"annotation": 10**5, "aggregate": 10**6},
+            "reduction_ratio": {"annotation": 1e4, "aggregate": 1e3}, "hit_rate": 0.1, **kw}
+
+
+def test_index_hit_rate_and_kept_frames_only_with_hit_finding(tmp_path):
+    summaries = [_summary(1, "spi"), _summary(2, "xpcs"), _summary(3, "saxs"),
+                 _summary(4, "sfx", frames_out={"annotation": 640, "hits": 48, "kept": 60}),
+                 _summary(5, "xpcs", hit_finding=True),  # the summary's own flag wins
+                 _summary(6, "spi", frames_out=52),  # a plain number: the frames written
+                 {"run": 7, "frames_in": 5}]  # no run type: unknown, not "n/a"
+    assert [hit_finding_ran(s) for s in summaries] == [True, False, False, True, True, True, None]
+    assert [kept_frames(s) for s in summaries] == [(48, "hits"), (None, ""), (None, ""), (60, "kept"),
+                                                  (48, "hits"), (52, "kept"), (None, "")]
+    results = tmp_path / "results"
+    for s in summaries:
+        (results / f"r{s['run']:04d}").mkdir(parents=True)
+        (results / f"r{s['run']:04d}" / "summary.json").write_text(json.dumps(s))
+    heads, rows = _index_table(build_index(results).read_text())
+    hit = {r: _text(c["hit rate"]) for r, c in rows.items()}
+    kept = {r: _text(c["frames kept"]) for r, c in rows.items()}
+    assert hit == {1: "10.00 %", 2: "n/a", 3: "n/a", 4: "10.00 %", 5: "10.00 %", 6: "10.00 %", 7: "\u2014"}
+    assert kept == {1: "48 hits", 2: "n/a", 3: "n/a", 4: "60 kept", 5: "48 hits", 6: "52 kept",
+                    7: "\u2014"}
+    # total bytes out = sum over products
+    assert "<b>909\u00d7</b>" in rows[1]["reduction"]
+    # n/a and unknown cells have an empty sort key: they sort after every number
+    for r in (2, 3, 7):
+        assert 'data-sort=""' in re.match(r"<td[^>]*>", rows[r]["hit rate"]).group(0)
 
 
 def test_snakemake_report_includes_reports(workflow_results):

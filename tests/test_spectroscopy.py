@@ -20,7 +20,9 @@ from xfel_reduce import spectroscopy as sp
 from xfel_reduce.calibrate import jungfrau as jfc
 from xfel_reduce.calibrate.badpixels import BadPixels
 from xfel_reduce.calibrate.correct import CorrectionConstants
+from xfel_reduce.detectors import jungfrau as jfd
 from xfel_reduce.io import sources
+from xfel_reduce.io.trains import train_files
 from xfel_reduce.io.redu import read_frame_table
 from xfel_reduce.io.runs import InputDataError
 from xfel_reduce.simulate import jungfrau as jfsim
@@ -62,8 +64,8 @@ def beamtime(tmp_path_factory):
     out = res / f"r{RUN:04d}" / "spectroscopy"
     corr, images, partials, frames = [], [], [], []
     for seq in range(2):
-        c = corr_dir / sources.jf_corr_filename(RUN, 1, seq)
-        jfc.correct_sequence(raw_dir / sources.jf_raw_filename(RUN, 1, seq), c, 1, consts, {"step": "correct"})
+        c = corr_dir / jfd.corr_filename(RUN, 1, seq)
+        jfc.correct_sequence(raw_dir / jfd.raw_filename(RUN, 1, seq), c, 1, consts, {"step": "correct"})
         corr.append(c)
         da = raw_dir / sources.da_filename(RUN, seq)
         images.append(sp.image_sequence(c, da, cfg, out / f"image-S{seq:05d}.h5", {"step": "image"}))
@@ -83,7 +85,7 @@ def beamtime(tmp_path_factory):
 
 # -- JUNGFRAU calibration --------------------------------------------------------------
 def test_gain_decoding_exact_and_matches_numpy():
-    """Every stage decoded from bits 14–15; photons back to ADC quantisation."""
+    """Every stage decoded from data.gain; photons back to ADC quantisation."""
     truth = jfsim.make_jungfrau_truth(1, 16, SEED, {"noise_mean": [0.0, 0.0, 0.0], "dead_fraction": 0.0,
                                                    "hot_fraction": 0.0, "noisy_fraction": 0.0})
     rng = np.random.default_rng(0)
@@ -91,11 +93,11 @@ def test_gain_decoding_exact_and_matches_numpy():
     photons = np.where(rng.random((16,) + jfsim.JF_SHAPE) < 0.5, 0.0,
                        10 ** rng.uniform(-1, 4, (16,) + jfsim.JF_SHAPE)).astype(np.float32)
     cells = np.array(jfsim.jungfrau_settings({})["cell_order"], np.uint8)
-    raw, stage = jfsim.raw_frames(truth, photons, cells, rng)
+    adc, gain_bits, stage = jfsim.raw_frames(truth, photons, cells, rng)
     assert set(np.unique(stage)) == {0, 1, 2}
     consts = CorrectionConstants(truth.offset, np.broadcast_to(truth.adu_per_photon[:, None], truth.offset.shape),
                                  np.zeros(truth.offset.shape, np.uint32))
-    data, gain, mask = jfc.correct_frames(raw, cells, consts)
+    data, gain, mask = jfc.correct_frames(adc, gain_bits, cells, consts)
     np.testing.assert_array_equal(gain, stage)
     # Offsets are exact, so the only error left is the ADC's rounding: ±0.5 ADU.
     yy, xx = np.ogrid[:512, :1024]
@@ -104,14 +106,14 @@ def test_gain_decoding_exact_and_matches_numpy():
     err = np.abs(data - photons) * gain_of_pixel
     # float32 arithmetic adds a relative 1e-7 of the signal on top of the ±0.5 ADU.
     assert err[unsaturated].max() <= 0.5 + 1e-6 * (photons * gain_of_pixel)[unsaturated].max()
-    ref = jfc.correct_reference_numpy(raw, cells, consts)
+    ref = jfc.correct_reference_numpy(adc, gain_bits, cells, consts)
     np.testing.assert_array_equal(ref[1], gain)
     np.testing.assert_array_equal(ref[2], mask)
     np.testing.assert_allclose(ref[0], data, rtol=1e-6, atol=1e-6)
-    # Bits "10" do not exist on JUNGFRAU: decoded as G2 and flagged.
-    bad = raw.copy()
-    bad[0, 0, 0] = (bad[0, 0, 0] & 0x3FFF) | (2 << 14)
-    _, g, m = jfc.correct_frames(bad, cells, consts)
+    # data.gain 2 does not exist on JUNGFRAU: decoded as G2 and flagged.
+    bad = gain_bits.copy()
+    bad[0, 0, 0] = 2
+    _, g, m = jfc.correct_frames(adc, bad, cells, consts)
     assert g[0, 0, 0] == 2 and m[0, 0, 0] & BadPixels.WRONG_GAIN_VALUE
 
 
@@ -240,10 +242,8 @@ def test_run_split_invariance(beamtime):
     cfg, curv = beamtime["cfg"], beamtime["curv"]
     _, merged = sp.merge_partials(beamtime["partials"])
     chunks = (c for p in beamtime["corr"] for c in jfc.iter_jungfrau_chunks(p, 1, raw=False, trains_per_chunk=3))
-    beams = [sp.BeamData.from_da_file(beamtime["pd"] / "raw" / f"r{RUN:04d}" / sources.da_filename(RUN, s))
-             for s in range(2)]
-    beam = sp.BeamData(np.concatenate([b.train_ids for b in beams]), np.concatenate([b.bunch_tables for b in beams]),
-                       np.concatenate([b.xgm for b in beams]))
+    raw = beamtime["pd"] / "raw" / f"r{RUN:04d}"
+    beam = sp.BeamData.from_files(train_files(raw))  # the whole run, by train ID
     _, whole = sp.reduce_chunks(chunks, beam, cfg, curv.shifts(cfg))
     for k in ("spectrum_laser_on", "spectrum_laser_off", "shotvar_all"):
         np.testing.assert_array_equal(merged[k].count, whole[k].count)

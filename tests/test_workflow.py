@@ -2,43 +2,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
-import yaml
+from conftest import run_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _run_workflow(config_name: str, tmp: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
-    cfg = yaml.safe_load((REPO / "tests" / "data" / config_name).read_text())
-    cfg["proposal_dir"] = str(tmp / "p900001")
-    cfg["results_dir"] = str(tmp / "results")
-    cfg["calibration"]["gain_constants"] = str(tmp / "p900001" / "calib" / "agipd_gain_constants.h5")
-    if "jungfrau" in cfg["calibration"]:
-        cfg["calibration"]["jungfrau"]["gain_constants"] = str(tmp / "p900001" / "calib" / "jungfrau_gain_constants.h5")
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(path),
-                          "--workflow-profile", "profiles/default", *extra],
-                         cwd=REPO, capture_output=True, text=True, timeout=1500)
-    return cfg, res
-
-
-@pytest.fixture(scope="module")
-def tech_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tech")
-    cfg, res = _run_workflow("tiny_techniques.yaml", tmp)
-    assert res.returncode == 0, res.stderr[-5000:]
-    return tmp, cfg
+# tech_run (the workflow on tiny_techniques.yaml) is a session fixture in conftest.py,
+# shared with test_damnit.py.
 
 
 def test_spi_workflow_end_to_end(tmp_path):
-    cfg, res = _run_workflow("tiny.yaml", tmp_path)
+    cfg, res = run_workflow("tiny.yaml", tmp_path)
     assert res.returncode == 0, res.stderr[-5000:]
     s = json.loads((tmp_path / "results" / "r0010" / "summary.json").read_text())
     assert s["frames_in"] == 32 and s["run_type"] == "spi"
@@ -48,7 +22,7 @@ def test_spi_workflow_end_to_end(tmp_path):
         hit = f["annotation/hit"][()]
     assert (hit == truth["scene/hit"][()]).mean() >= 0.99
     # A second invocation has nothing to do: outputs are complete and up to date.
-    _, again = _run_workflow("tiny.yaml", tmp_path, "-n")
+    _, again = run_workflow("tiny.yaml", tmp_path, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
 
 

@@ -2,7 +2,10 @@
 
 Annotation flags frames, it never drops them: every frame recorded by any module
 gets a row, with ``modules_present`` telling how many modules contributed and
-``beam_data`` telling whether bunch pattern and XGM data exist for its train.
+``beam_data`` telling whether the X-ray pulses, pulse energy and laser flag of the frame
+are known.  Which X-ray pulses a frame integrated is the facility's lit-frame-finder
+rule (:mod:`xfel_reduce.beam`), or what the user declared (``annotation.xray_frames``);
+``beam_source`` says which, per frame (:data:`BEAM_SOURCES`).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ COLUMNS: dict[str, np.dtype] = {
     "pulseId": np.dtype(np.uint64),
     "cellId": np.dtype(np.uint16),
     "xray": np.dtype(np.bool_),
+    "n_pulses": np.dtype(np.uint16),
     "ppl": np.dtype(np.bool_),
     "pulse_energy": np.dtype(np.float32),
     "photons": np.dtype(np.float32),
@@ -27,7 +31,14 @@ COLUMNS: dict[str, np.dtype] = {
     "hit_threshold": np.dtype(np.float32),
     "modules_present": np.dtype(np.int16),
     "beam_data": np.dtype(np.bool_),
+    "beam_source": np.dtype(np.uint8),
 }
+
+#: ``beam_source`` codes: what decided a frame's X-ray flag (the beam module's deciders,
+#: then the user's declaration).
+BEAM_SOURCES = ("none", "LITFRM", "timeserver+AGIPD control", "decoder+AGIPD control",
+                "declared (annotation.xray_frames)")
+DECLARED = len(BEAM_SOURCES) - 1
 
 PPL_BIT = int(bp.PPL_BITS.LP_SPB)
 
@@ -49,6 +60,9 @@ class AnnotationConfig:
         The fixed threshold (lit pixels).
     adaptive_k, adaptive_window_trains
         Parameters of the adaptive threshold (window centred on the frame's train).
+    xray_frames
+        ``None`` (default): X-ray frames from the run's beam data, and a run without
+        them is an error; ``"all"`` or a list of memory cells: the user declares them.
     sase
         SASE beamline (1–3) whose pulses are the X-ray pulses.
     ppl_bit
@@ -63,6 +77,7 @@ class AnnotationConfig:
     adaptive_window_trains: int = 50
     sase: int = 1
     ppl_bit: int = PPL_BIT
+    xray_frames: object = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "AnnotationConfig":
@@ -139,21 +154,31 @@ def pulse_flags(
     bunch_tables
         ``(n_trains, 2700)`` bunch pattern tables.
     xgm_td
-        ``(n_trains, n_slots)`` XGM ``intensityTD``: one entry per pulse of the SASE,
-        in pulse order.
+        ``(n_trains, n_slots)`` XGM ``intensityTD``: one entry per pulse through the
+        XGM's tunnel (SASE1 and SASE3 together), in pulse order.
 
     Returns
     -------
     xray, ppl, pulse_energy
         Pulse energy is 0 for frames without X-rays.
     """
-    table = bunch_tables[frame_train_index, pulse_ids.astype(np.intp)]
+    pid = pulse_ids.astype(np.intp)
+    table = bunch_tables[frame_train_index, pid]
     xray = np.asarray(bp.is_sase(table, cfg.sase))
-    ppl = (table & np.uint32(cfg.ppl_bit)) != 0
+    # The laser's bits start at bucket 0 of the table, anchored on the train's first
+    # X-ray pulse (EXtra's PumpProbePulses with bunch_table_offset 0).
     sase_all = np.asarray(bp.is_sase(bunch_tables, cfg.sase))
-    # The XGM reports SASE pulses in order, so a pulse's energy sits at its rank
-    # among the SASE pulses of its train.
-    rank = np.cumsum(sase_all, axis=1) - 1
+    first = np.argmax(sase_all, axis=1)[frame_train_index]
+    rel = pid - first
+    inside = (rel >= 0) & (rel < bunch_tables.shape[1])
+    ppl = np.zeros(pid.shape, bool)
+    ppl[inside] = (bunch_tables[frame_train_index[inside], rel[inside]] & np.uint32(cfg.ppl_bit)) != 0
+    # The XGM reports every pulse through its tunnel in order: SASE1 and SASE3 share
+    # destination T4D (extra-redu's mask_xgm), so a pulse's energy sits at its rank
+    # among all T4D pulses of the train; on SASE2 among the T5D ones.
+    dest = bp.DESTINATION_T5D if cfg.sase == 2 else bp.DESTINATION_T4D
+    line_all = (bunch_tables & np.uint32(bp.DESTINATION_MASK)) == np.uint32(dest)
+    rank = np.cumsum(line_all, axis=1) - 1
     r = rank[frame_train_index, pulse_ids.astype(np.intp)]
     energy = np.zeros(pulse_ids.shape, np.float32)
     ok = xray & (r < xgm_td.shape[1])
@@ -199,13 +224,55 @@ def empty_table(n: int) -> dict[str, np.ndarray]:
 IMAGE_CLASSES = ("xray", "laser_on", "laser_off", "dark")
 
 
-def annotate_sequence(reader, cfg: AnnotationConfig, trains_per_chunk: int = 4, progress=None):
+def declared_xray(cell_ids: np.ndarray, xray_frames: object) -> np.ndarray:
+    """X-ray flags the user declared: ``"all"`` frames or the listed memory cells."""
+    if xray_frames == "all":
+        return np.ones(cell_ids.shape, bool)
+    if isinstance(xray_frames, (list, tuple)):
+        return np.isin(cell_ids, np.asarray(xray_frames, np.int64))
+    raise ValueError(f"annotation.xray_frames must be 'all' or a list of memory cells, not {xray_frames!r}")
+
+
+def frame_beam_columns(beam_table, train_ids: np.ndarray, cell_ids: np.ndarray,
+                       cfg: AnnotationConfig) -> dict[str, np.ndarray]:
+    """Beam columns of the annotation for the given frames.
+
+    Parameters
+    ----------
+    beam_table
+        A :class:`xfel_reduce.beam.TrainBeam` covering the frames' trains, or ``None``
+        when the run has no beam data (then ``cfg.xray_frames`` must declare them).
+    """
+    n = train_ids.size
+    out = {"xray": np.zeros(n, bool), "n_pulses": np.zeros(n, np.uint16), "ppl": np.zeros(n, bool),
+           "pulse_energy": np.zeros(n, np.float32), "beam_data": np.zeros(n, bool),
+           "beam_source": np.zeros(n, np.uint8)}
+    fb = beam_table.frames(train_ids, cell_ids) if beam_table is not None else None
+    if fb is not None:
+        out.update(xray=fb.xray & fb.xray_known, n_pulses=np.where(fb.xray_known, fb.n_pulses, 0),
+                   ppl=fb.ppl & fb.ppl_known & fb.xray, pulse_energy=fb.pulse_energy,
+                   beam_data=fb.beam_data, beam_source=fb.decided_by.astype(np.uint8))
+    if cfg.xray_frames is not None:
+        x = declared_xray(cell_ids, cfg.xray_frames)
+        measured = out["n_pulses"] if fb is not None else np.zeros(n, np.uint16)
+        out.update(xray=x, n_pulses=np.where(x, np.maximum(measured, 1), 0).astype(np.uint16),
+                   beam_source=np.full(n, DECLARED, np.uint8),
+                   pulse_energy=np.where(x, out["pulse_energy"], 0).astype(np.float32),
+                   ppl=out["ppl"] & x)
+    return out
+
+
+def annotate_sequence(reader, cfg: AnnotationConfig, beam_table=None, trains_per_chunk: int = 4,
+                      progress=None):
     """One pass over a sequence: the annotation table and mergeable image partials.
 
     Parameters
     ----------
     reader
         A :class:`xfel_reduce.io.frames.SequenceFrames`.
+    beam_table
+        :class:`xfel_reduce.beam.TrainBeam` of the sequence's trains (``None``: no beam
+        data; then ``cfg.xray_frames`` declares the X-ray frames).
 
     Returns
     -------
@@ -227,18 +294,15 @@ def annotate_sequence(reader, cfg: AnnotationConfig, trains_per_chunk: int = 4, 
     done = 0
     for chunk in reader.iter_chunks(trains_per_chunk):
         photons, lit = frame_stats(chunk.data, chunk.mask, chunk.present, cfg)
-        xray, ppl, energy = pulse_flags(chunk.pulse_ids, chunk.train_index, chunk.bunch_tables, chunk.xgm, cfg)
-        beam_ok = chunk.beam_ok[chunk.train_index]
         t = empty_table(len(chunk))
         t.update(trainId=chunk.train_ids, pulseId=chunk.pulse_ids, cellId=chunk.cell_ids,
-                 xray=xray & beam_ok, ppl=ppl & beam_ok, pulse_energy=energy,
                  photons=photons, lit_pixels=lit, modules_present=chunk.present.sum(axis=1),
-                 beam_data=beam_ok)
+                 **frame_beam_columns(beam_table, chunk.train_ids, chunk.cell_ids, cfg))
         t["n_peaks"][:] = -1
         parts.append(t)
         x = t["xray"]
         for name, sel in (("xray", x), ("laser_on", x & t["ppl"]), ("laser_off", x & ~t["ppl"]),
-                          ("dark", ~x & beam_ok)):
+                          ("dark", ~x & t["beam_data"])):
             if sel.any():
                 images[name].add_masked(chunk.data, chunk.mask, sel)
         done += len(chunk.chunk_train_ids)

@@ -1,10 +1,15 @@
 """Workflow configuration: schema validation with messages that name the key."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 import yaml
+
+#: Techniques whose reduction selects frames by a hit finder (SPI lit pixels, SFX peaks):
+#: only their summaries, index rows and DAMNIT cells carry a hit rate and hit counts.
+HIT_FINDING_TECHNIQUES = frozenset({"spi", "sfx"})
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
@@ -45,3 +50,85 @@ def load_config(path: str | Path) -> dict:
     """Read and validate a YAML config file."""
     cfg = yaml.safe_load(Path(path).read_text())
     return validate_config(cfg)
+
+
+# -- instruments and their sources ------------------------------------------------------
+# One home for source names. A profile gives the names the facility uses at each
+# instrument (FACILITY.md, extra-redu's lit-frame-finder profiles); the run's own
+# source list decides where the config is silent (xfel_reduce.io.discovery), and the
+# config's `sources` block overrides any of them key by key.
+@dataclass(frozen=True)
+class InstrumentProfile:
+    """Default sources of one EuXFEL instrument.
+
+    Attributes
+    ----------
+    name, sase
+        Instrument (SPB, MID, FXE, HED, SCS, SQS) and the SASE it is on.
+    ppl_bit
+        Name of its pump-probe-laser bit in ``euxfel_bunch_pattern.PPL_BITS``.
+    timeserver, pulse_pattern_decoder, xgm
+        Timeserver output, decoder control device and XGM device (``…:output`` is
+        its fast data) expected at the instrument.
+    agipd, agipd_control, lit_frame_finder
+        AGIPD detector name, its control device and the online lit-frame finder.
+    jungfrau
+        JUNGFRAU detector name used by default at the instrument.
+    """
+
+    name: str
+    sase: int
+    ppl_bit: str
+    timeserver: str
+    pulse_pattern_decoder: str
+    xgm: str
+    agipd: str = ""
+    agipd_control: str = ""
+    lit_frame_finder: str = ""
+    jungfrau: str = ""
+
+    @property
+    def xgm_output(self) -> str:
+        return self.xgm + ":output"
+
+
+INSTRUMENTS: dict[str, InstrumentProfile] = {p.name: p for p in (
+    InstrumentProfile("SPB", 1, "LP_SPB", "SPB_RR_SYS/TSYS/TIMESERVER:outputBunchPattern",
+                      "SPB_RR_SYS/MDL/BUNCH_PATTERN", "SPB_XTD9_XGM/XGM/DOOCS",
+                      "SPB_DET_AGIPD1M-1", "SPB_IRU_AGIPD1M1/MDL/FPGA_COMP",
+                      "SPB_IRU_AGIPD1M1/REDU/LITFRM", "SPB_IRDA_JF4M"),
+    InstrumentProfile("MID", 2, "LP_SASE2", "MID_RR_UTC/TSYS/TIMESERVER:outputBunchPattern",
+                      "MID_RR_SYS/MDL/PULSE_PATTERN_DECODER", "SA2_XTD1_XGM/XGM/DOOCS",
+                      "MID_DET_AGIPD1M-1", "MID_EXP_AGIPD1M1/MDL/FPGA_COMP",
+                      "MID_EXP_AGIPD1M1/REDU/LITFRM"),
+    InstrumentProfile("HED", 2, "LP_SASE2", "HED_RR_UTC/TSYS/TIMESERVER:outputBunchPattern",
+                      "SA2_BR_UTC/MDL/BUNCHPATTERN_DECODER", "HED_XTD6_XGM/XGM/DOOCS",
+                      "HED_DET_AGIPD500K2G", "HED_EXP_AGIPD500K2G/MDL/FPGA_COMP",
+                      "HED_EXP_AGIPD500K2G/REDU/LITFRM", "HED_IA1_JF500K1"),
+    InstrumentProfile("FXE", 1, "LP_FXE", "FXE_RR_SYS/TSYS/TIMESERVER:outputBunchPattern",
+                      "SA1_BR_UTC/MDL/BUNCHPATTERN_DECODER", "SA1_XTD2_XGM/XGM/DOOCS",
+                      jungfrau="FXE_XAD_JF1M"),
+    InstrumentProfile("SCS", 3, "LP_SCS", "SCS_RR_UTC/TSYS/TIMESERVER:outputBunchPattern",
+                      "SA3_BR_UTC/MDL/BUNCHPATTERN_DECODER", "SCS_BLU_XGM/XGM/DOOCS"),
+    InstrumentProfile("SQS", 3, "LP_SQS", "SQS_RR_UTC/TSYS/TIMESERVER:outputBunchPattern",
+                      "SA3_BR_UTC/MDL/BUNCHPATTERN_DECODER", "SQS_DIAG1_XGMD/XGM/DOOCS"),
+)}
+
+
+def instrument_profile(name: str) -> InstrumentProfile:
+    """The profile of an instrument, with a clear error for an unknown name."""
+    try:
+        return INSTRUMENTS[str(name).upper()]
+    except KeyError:
+        raise ConfigError(f"config key instrument: {name!r} is not one of {sorted(INSTRUMENTS)}") from None
+
+
+def ppl_bit_value(name: str) -> int:
+    """Bunch-table bit of a pump-probe laser named as in ``PPL_BITS`` (e.g. ``LP_SPB``)."""
+    import euxfel_bunch_pattern as bp
+
+    try:
+        return int(bp.PPL_BITS[name])
+    except KeyError:
+        raise ConfigError(f"pump-probe laser bit {name!r} is not one of "
+                          f"{[b.name for b in bp.PPL_BITS]}") from None

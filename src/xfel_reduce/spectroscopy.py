@@ -91,7 +91,8 @@ class SpectroscopyConfig:
         ``"auto"``: frame k of a train is pulse ``first + k·stride`` with first and
         stride read from the train's bunch pattern; or ``{"first": p0, "stride": s}``.
     sase, ppl_bit
-        Bunch-pattern decoding (as in the annotation).
+        Bunch-pattern decoding; ``None`` (default) takes them from the run's instrument
+        (``instrument`` / ``sources`` in the config, :func:`xfel_reduce.io.trains.resolve_sources`).
     trains_per_chunk
         Trains read at once (one train is 16 frames = 32 MB corrected).
     min_coverage
@@ -111,8 +112,8 @@ class SpectroscopyConfig:
     energy_calibration: tuple[float, ...] = (0.0, 1.0)
     i0_range: tuple[float | None, float | None] = (None, None)
     frame_pulses: Any = "auto"
-    sase: int = 1
-    ppl_bit: int = annotate.PPL_BIT
+    sase: int | None = None
+    ppl_bit: int | None = None
     trains_per_chunk: int = 2
     min_coverage: float = 0.5
 
@@ -293,29 +294,46 @@ def project_reference_numpy(data: np.ndarray, mask: np.ndarray, cfg: Spectroscop
 # -- beam data (I0, laser) -------------------------------------------------------------
 @dataclass
 class BeamData:
-    """Bunch pattern and XGM of a sequence's trains."""
+    """Bunch pattern and XGM of a run's trains, with the SASE and laser bit to decode them."""
 
     train_ids: np.ndarray
     bunch_tables: np.ndarray
     xgm: np.ndarray
+    sase: int = 1
+    ppl_bit: int = annotate.PPL_BIT
+    decided: dict | None = None
 
     @classmethod
-    def from_da_file(cls, path: Path) -> "BeamData":
-        f = open_file(path)
-        for src in (sources.XGM_SOURCE, sources.BUNCH_PATTERN_SOURCE):
-            if src not in f.instrument_sources:
-                raise InputDataError(
-                    f"{path} has no {src}: the run has no XGM/bunch-pattern data, so I0 and the "
-                    "laser flag are unknown. Check the DA aggregator or the source names in the config.")
-        xgm_kd = f[sources.XGM_SOURCE, "data.intensityTD"]
-        bp_kd = f[sources.BUNCH_PATTERN_SOURCE, "data.bunchPatternTable"]
+    def from_files(cls, paths: Path | Sequence[Path], config: dict | None = None) -> "BeamData":
+        """Read the run's train-level files (every non-detector aggregator) by train ID.
+
+        ``config`` (the workflow config) gives ``instrument`` and ``sources``; where it
+        is silent the instrument profile and the run's own source list decide.
+        """
+        from extra_data import by_id
+
+        from .io.trains import open_train_data, resolve_sources
+
+        paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+        where = str(paths[0].parent) if paths else "the run"
+        dc = open_train_data(paths[0].parent if paths else ".", paths)
+        rs = resolve_sources(config or {}, dc, where)
+        if rs.timeserver is None or rs.xgm is None:
+            missing = " and ".join(n for n, v in (("timeserver", rs.timeserver), ("XGM", rs.xgm)) if v is None)
+            raise InputDataError(
+                f"{where} has no {missing}: I0 and the laser flag are unknown. Set "
+                "`sources.timeserver` / `sources.xgm` in the config if the run has them under "
+                "other names.")
+        xgm_kd = dc[rs.xgm, "data.intensityTD"]
+        bp_kd = dc[rs.timeserver, "data.bunchPatternTable"]
         tids = np.intersect1d(np.asarray(xgm_kd.train_id_coordinates(), np.uint64),
                               np.asarray(bp_kd.train_id_coordinates(), np.uint64))
-        from extra_data import by_id
-        sel = f.select_trains(by_id[list(tids)])
-        xgm = read_dataset(sel[sources.XGM_SOURCE, "data.intensityTD"], path, "XGM intensityTD")
-        tables = read_dataset(sel[sources.BUNCH_PATTERN_SOURCE, "data.bunchPatternTable"], path, "bunch pattern")
-        return cls(tids, tables.astype(np.uint32), xgm.astype(np.float32))
+        tids = tids[tids > 0]  # trainId 0 rows are padding or DAQ faults, never beam data
+        sel = dc.select_trains(by_id[list(tids)])
+        xgm = read_dataset(sel[rs.xgm, "data.intensityTD"], paths[0], "XGM intensityTD")
+        tables = read_dataset(sel[rs.timeserver, "data.bunchPatternTable"], paths[0], "bunch pattern")
+        return cls(tids, tables.astype(np.uint32), xgm.astype(np.float32), rs.sase, rs.ppl_bit,
+                   rs.as_dict())
 
 
 def frame_beam(train_ids: np.ndarray, frame_in_train: np.ndarray, beam: BeamData,
@@ -336,7 +354,8 @@ def frame_beam(train_ids: np.ndarray, frame_in_train: np.ndarray, beam: BeamData
     elif cfg.frame_pulses == "auto":
         import euxfel_bunch_pattern as bp
         pid = np.zeros(k.shape, np.int64)
-        sase = np.asarray(bp.is_sase(beam.bunch_tables, cfg.sase)) if beam.train_ids.size else None
+        sase = np.asarray(bp.is_sase(beam.bunch_tables, beam.sase if cfg.sase is None else cfg.sase)) \
+            if beam.train_ids.size else None
         for r in np.unique(row_c[ok]):
             p = np.nonzero(sase[r])[0]
             first = int(p[0]) if p.size else 0
@@ -346,7 +365,8 @@ def frame_beam(train_ids: np.ndarray, frame_in_train: np.ndarray, beam: BeamData
     else:
         raise ValueError("spectroscopy.frame_pulses must be 'auto' or {first, stride}")
     pid = np.clip(pid, 0, beam.bunch_tables.shape[1] - 1 if beam.train_ids.size else 0)
-    acfg = annotate.AnnotationConfig(sase=cfg.sase, ppl_bit=cfg.ppl_bit)
+    acfg = annotate.AnnotationConfig(sase=beam.sase if cfg.sase is None else cfg.sase,
+                                     ppl_bit=beam.ppl_bit if cfg.ppl_bit is None else cfg.ppl_bit)
     xray = np.zeros(k.shape, bool)
     ppl = np.zeros(k.shape, bool)
     energy = np.zeros(k.shape, np.float32)
@@ -820,14 +840,16 @@ def _chunks(input_path: Path, cfg: SpectroscopyConfig, constants: Path | None):
     return jfcal.iter_corrected_from_raw(Path(input_path), cfg.module, consts, cfg.trains_per_chunk)
 
 
-def image_sequence(input_path: Path, da_path: Path, cfg: SpectroscopyConfig, output: Path, prov: dict,
-                   constants: Path | None = None) -> Path:
+def image_sequence(input_path: Path, train_files: Path | Sequence[Path], cfg: SpectroscopyConfig,
+                   output: Path, prov: dict, constants: Path | None = None,
+                   sources_config: dict | None = None) -> Path:
     """Pass 1 of one sequence: ROI image moments → ``output`` (for the curvature fit).
 
     ``input_path`` is a CORR file, or a RAW file when ``constants`` is given (then
-    frames are corrected on the fly).
+    frames are corrected on the fly); ``train_files`` are the run's train-level files
+    (:meth:`BeamData.from_files`, with ``sources_config``).
     """
-    beam = BeamData.from_da_file(Path(da_path))
+    beam = BeamData.from_files(train_files, sources_config)
     acc = image_partial(_chunks(input_path, cfg, constants), beam, cfg)
     with AtomicH5File(output) as f:
         attach_provenance(f, prov)
@@ -855,12 +877,14 @@ def load_curvature(path: Path) -> Curvature:
         return Curvature.from_h5(f["curvature"])
 
 
-def reduce_sequence(input_path: Path, da_path: Path, cfg: SpectroscopyConfig, curvature: Curvature,
+def reduce_sequence(input_path: Path, train_files: Path | Sequence[Path], cfg: SpectroscopyConfig,
+                    curvature: Curvature,
                     partial_out: Path, frames_out: Path, prov: dict, constants: Path | None = None,
                     run: int = 0, sequence: int = 0, proposal: int = 0,
-                    progress: logging.Logger | None = None) -> dict[str, int]:
+                    progress: logging.Logger | None = None,
+                    sources_config: dict | None = None) -> dict[str, int]:
     """Pass 2 of one sequence: per-frame spectra (REDU file) and mergeable partials."""
-    beam = BeamData.from_da_file(Path(da_path))
+    beam = BeamData.from_files(train_files, sources_config)
     table, moments = reduce_chunks(_chunks(input_path, cfg, constants), beam, cfg, curvature.shifts(cfg), progress)
     write_frame_table(Path(frames_out), sources.SPECTRA_SOURCE.format(module=cfg.module), table, prov,
                       proposal=proposal, run=run, sequence=sequence, run_type="spectroscopy")

@@ -17,6 +17,7 @@ from .aggregate import Moments
 from .calibrate import agipd
 from .calibrate.correct import CommonMode
 from .calibrate.dark import BadPixelRules
+from .config import HIT_FINDING_TECHNIQUES
 from .io import sources
 from .io.atomic import write_json
 from .io.euxfel import AtomicH5File
@@ -107,20 +108,66 @@ def correct_file(config: dict, module: int, raw: Path, constants: Path, output: 
 
 
 # -- annotation -----------------------------------------------------------------------
-def annotate_chunk(config: dict, corr_files: Sequence[Path], da_file: Path | None, output: Path) -> None:
+def sequence_beam(config: dict, train_files: Sequence[Path], train_ids: np.ndarray,
+                  xray_frames: object = None):
+    """The beam table (:class:`xfel_reduce.beam.TrainBeam`) of a sequence's trains.
+
+    Timeserver (or pulse-pattern decoder, or the recorded lit-frame finder), AGIPD
+    control and XGM are read by train ID from all of the run's train-level files.
+    Without a pulse pattern the X-ray frames are unknown: an error naming what is
+    missing, unless the user declares them (``annotation.xray_frames``; returns
+    ``None`` when the run has no beam data at all).
+    """
+    from . import beam
+    from .io.trains import open_train_data, resolve_sources
+
+    paths = [Path(p) for p in train_files]
+    where = str(paths[0].parent) if paths else "the run"
+    try:
+        dc = open_train_data(paths[0].parent if paths else ".", paths)
+    except InputDataError:
+        if xray_frames is None:
+            raise
+        log.warning("%s: no train-level files; X-ray frames as declared (annotation.xray_frames)", where)
+        return None
+    rs = resolve_sources(config, dc, where)
+    log.info("beam sources of %s: %s", where, rs.as_dict())
+    has_pattern = rs.timeserver or rs.pulse_pattern_decoder or rs.lit_frame_finder
+    if not (has_pattern and (rs.agipd_control or rs.lit_frame_finder)):
+        missing = [n for n, v in (("timeserver or pulse-pattern decoder", has_pattern),
+                                  ("AGIPD control device (…/MDL/FPGA_COMP)", rs.agipd_control)) if not v]
+        if xray_frames is None:
+            raise InputDataError(
+                f"{where} has no {' and no '.join(missing)}, so which frames saw X-rays is unknown. "
+                "If the run has them under other names, set `sources.timeserver` / "
+                "`sources.detector_control`; otherwise declare the X-ray frames with "
+                "`annotation.xray_frames: all` (or a list of memory cells).")
+        log.warning("%s has no %s: X-ray frames as declared (annotation.xray_frames)", where,
+                    " and no ".join(missing))
+        return None
+    srcs = beam.BeamSources(sase=rs.sase, detector_control=rs.agipd_control, timeserver=rs.timeserver,
+                            pp_decoder=rs.pulse_pattern_decoder, xgm=rs.xgm, litfrm=rs.lit_frame_finder,
+                            ppl_bit=rs.ppl_bit, instrument=rs.instrument.name)
+    return beam.train_beam(dc, srcs, train_ids)
+
+
+def annotate_chunk(config: dict, corr_files: Sequence[Path], train_files: Sequence[Path], output: Path) -> None:
     """Annotate one sequence: frame table + image partials (before hit flags)."""
     mods = modules_of(config)
     if len(corr_files) != len(mods):
         raise ValueError(f"{len(corr_files)} CORR files for {len(mods)} modules")
-    reader = SequenceFrames(dict(zip(mods, map(Path, corr_files))), da_file)
+    reader = SequenceFrames(dict(zip(mods, map(Path, corr_files))))
     cfg = annotate.AnnotationConfig.from_dict(config.get("annotation"))
-    table, images = annotate.annotate_sequence(reader, cfg, int(config["calibration"].get("trains_per_chunk", 4)),
+    beam_table = sequence_beam(config, train_files, reader.train_ids, cfg.xray_frames)
+    table, images = annotate.annotate_sequence(reader, cfg, beam_table,
+                                               int(config["calibration"].get("trains_per_chunk", 4)),
                                                progress=log)
     missing = int((table["modules_present"] < len(mods)).sum())
     if missing:
         log.warning("%d frames lack data from some modules (flagged via modules_present and "
                     "MODULE_MISSING mask bits)", missing)
-    prov = provenance(config, list(corr_files) + ([da_file] if da_file else []), step="annotate_chunk")
+    prov = provenance(config, list(corr_files) + list(train_files), step="annotate_chunk",
+                      beam=beam_table.summary() if beam_table is not None else "declared")
     write_partials(Path(output), table, images, prov)
 
 
@@ -219,6 +266,14 @@ def load_run_table(aggregate_file: Path) -> dict[str, np.ndarray]:
         return {k: f["annotation"][k][()] for k in f["annotation"]}
 
 
+def _decided_by(t: dict[str, np.ndarray]) -> dict[str, int] | None:
+    """Frames per beam source (what decided their X-ray flag), for the summary."""
+    if "beam_source" not in t:
+        return None
+    codes, counts = np.unique(t["beam_source"], return_counts=True)
+    return {annotate.BEAM_SOURCES[int(c)]: int(n) for c, n in zip(codes, counts)}
+
+
 def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path], products: dict[str, list[Path]],
                 table: dict[str, np.ndarray], benchmark_dir: Path | None, output: Path,
                 inputs: Sequence[Path] = (), extra: dict | None = None) -> dict:
@@ -235,16 +290,19 @@ def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path
     timings = read_benchmarks(benchmark_dir) if benchmark_dir else {}
     x = t["xray"].astype(bool)
     n_x = int(x.sum())
-    hits = int(t["hit"].sum()) if "hit" in t else None
+    hit_finding = technique in HIT_FINDING_TECHNIQUES
+    hits = int(t["hit"].sum()) if ("hit" in t and hit_finding) else None
     summary = {
         "run": int(run),
         "run_type": technique,
+        "hit_finding": hit_finding,
         "frames_in": int(t["trainId"].size),
         "xray_frames": n_x,
         "frames_out": {"annotation": int(t["trainId"].size), **({"hits": hits} if hits is not None else {})},
         "frames_incomplete": (int((t["modules_present"] < len(modules_of(config))).sum())
                               if "modules_present" in t else None),
         "frames_without_beam_data": int((~t["beam_data"]).sum()) if "beam_data" in t else None,
+        "xray_frames_decided_by": _decided_by(t),
         "trains": int(np.unique(t["trainId"]).size),
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
@@ -254,9 +312,9 @@ def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path
         "mean_pulse_energy_uj": float(t["pulse_energy"][x].mean()) if n_x else None,
         "timings": timings,
         "total_job_seconds": float(sum(v["s"] for v in timings.values())),
-        "peak_job_memory_mb": float(max((v["max_rss_mb"] for v in timings.values()), default=float("nan"))),
+        "peak_job_memory_mb": (float(max(v["max_rss_mb"] for v in timings.values())) if timings else None),
         "provenance": provenance(config, list(raw_files) + list(inputs), step="summary", run=run),
         **(extra or {}),
     }
-    write_json(output, summary, indent=2)
+    write_json(output, summary, indent=2, allow_nan=False)
     return summary

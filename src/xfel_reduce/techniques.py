@@ -17,6 +17,7 @@ from . import geometry
 from .io import sources
 from .io.atomic import write_json
 from .io.euxfel import AtomicH5File
+from .io.runs import InputDataError
 from .io.frames import SequenceFrames
 from .io.provenance import attach_provenance, provenance
 from .io.redu import read_frame_table, write_frame_table
@@ -49,8 +50,8 @@ def run_setup(config: dict, run: int) -> dict:
     return out
 
 
-def _reader(config: dict, corr_files: Sequence[Path], da_file: Path | None) -> SequenceFrames:
-    return SequenceFrames(dict(zip(modules_of(config), map(Path, corr_files))), da_file)
+def _reader(config: dict, corr_files: Sequence[Path]) -> SequenceFrames:
+    return SequenceFrames(dict(zip(modules_of(config), map(Path, corr_files))))
 
 
 def _annotation_lookup(annotation_file: Path):
@@ -84,7 +85,7 @@ def sfx_chunk(config: dict, run: int, corr_files: Sequence[Path], annotation_fil
     finder = sfx.PeakFinder(sfx.radius_map_px(geom, mods), params)
     annot, rows = _annotation_lookup(annotation_file)
     prov = provenance(config, list(corr_files) + [annotation_file], step="sfx_chunk", run=run)
-    reader = _reader(config, corr_files, None)
+    reader = _reader(config, corr_files)
     with cxi.CxiHitWriter(out_cxi, modules=mods, provenance=prov, max_peaks=params.max_num_peaks,
                           photon_energy_kev=setup["photon_energy_kev"], distance_m=setup["distance_m"],
                           compression=config.get("sfx", {}).get("cxi_compression")) as w:
@@ -124,7 +125,7 @@ def _static_mask(config: dict, reference_corr: Sequence[Path]) -> np.ndarray:
     Every chunk of a run uses this same mask, so ring labels — and thus the
     partial sums — are defined identically however the run is split.
     """
-    chunk = next(_reader(config, reference_corr, None).iter_chunks(1))
+    chunk = next(_reader(config, reference_corr).iter_chunks(1))
     return np.bitwise_or.reduce(chunk.mask, axis=0)
 
 
@@ -153,7 +154,7 @@ def xpcs_chunk(config: dict, run: int, corr_files: Sequence[Path], annotation_fi
         np.unique(annot["trainId"], return_inverse=True)[1], weights=annot["xray"]).max())
     part = xpcs.XpcsPartial(labels, n_frames=n_frames, max_train_lag=int(cfg.get("max_train_lag", 10)),
                             photonize_threshold=cfg.get("photonize_threshold", 0.5))
-    reader = _reader(config, corr_files, None)
+    reader = _reader(config, corr_files)
     done = 0
     for chunk in reader.iter_chunks(int(config["calibration"].get("trains_per_chunk", 4))):
         xray = annot["xray"][rows(chunk.train_ids, chunk.pulse_ids)]
@@ -169,7 +170,7 @@ def xpcs_chunk(config: dict, run: int, corr_files: Sequence[Path], annotation_fi
 
 
 def xpcs_run(config: dict, run: int, partials: Sequence[Path], reference_corr: Sequence[Path],
-             da_file: Path, output: Path) -> dict:
+             train_files: Sequence[Path], output: Path) -> dict:
     """Merge the partials; g2, fits, D and contrast of the run."""
     from . import xpcs
 
@@ -179,7 +180,7 @@ def xpcs_run(config: dict, run: int, partials: Sequence[Path], reference_corr: S
             part = xpcs.XpcsPartial.from_h5(f["xpcs_partial"])
         merged = part if merged is None else merged.merge(part)
     _, q_rings = xpcs_labels(config, run, reference_corr)
-    pulse_spacing = _pulse_spacing_s(da_file)
+    pulse_spacing = _pulse_spacing_s(config, train_files)
     train_spacing = float(config.get("xpcs", {}).get("train_spacing_s", 0.1))
     ana = xpcs.analyse(merged, q_rings, pulse_spacing, train_spacing)
     xpcs.write_xpcs_h5(output, ana, provenance(config, list(partials), step="xpcs_run", run=run,
@@ -187,13 +188,22 @@ def xpcs_run(config: dict, run: int, partials: Sequence[Path], reference_corr: S
     return ana
 
 
-def _pulse_spacing_s(da_file: Path) -> float:
-    """Frame spacing from the AGIPD control data (repetition rate in MHz)."""
-    from .io.runs import open_file
+def _pulse_spacing_s(config: dict, train_files: Sequence[Path]) -> float:
+    """Frame spacing from the AGIPD control device (repetition rate in MHz), read
+    from whichever of the run's aggregators records it (AGIPD1MCTRL00 at the facility)."""
+    from .io.trains import open_train_data, resolve_sources
 
-    f = open_file(da_file)
-    rate = float(f[sources.AGIPD_CONTROL, "bunchStructure.repetitionRate"].as_single_value())
-    return 1e-6 / rate
+    paths = [Path(p) for p in train_files]
+    dc = open_train_data(paths[0].parent, paths)
+    ctrl = resolve_sources(config, dc, str(paths[0].parent)).agipd_control
+    if ctrl is None:
+        raise InputDataError(f"{paths[0].parent}: no AGIPD control device (…/MDL/FPGA_COMP): the frame "
+                             "spacing is unknown. Set `sources.detector_control` in the config.")
+    rate = float(dc[ctrl, "bunchStructure.repetitionRate"].as_single_value())
+    try:
+        return sources.stride_of_rate(rate) / 4.5e6
+    except ValueError as exc:
+        raise InputDataError(f"{ctrl}: {exc}") from None
 
 
 # -- SAXS -----------------------------------------------------------------------------
@@ -264,12 +274,13 @@ def jungfrau_correct(config: dict, raw: Path, constants: Path, output: Path) -> 
                                progress=log)
 
 
-def spectroscopy_image(config: dict, run: int, corr: Path, da: Path, output: Path) -> None:
+def spectroscopy_image(config: dict, run: int, corr: Path, train: Sequence[Path], output: Path) -> None:
     """Pass 1: the sequence's ROI image moments (for the curvature fit)."""
     from . import spectroscopy
 
-    prov = provenance(config, [corr, da], step="spectroscopy_image", run=run)
-    spectroscopy.image_sequence(Path(corr), Path(da), _spec_cfg(config), Path(output), prov)
+    prov = provenance(config, [corr, *train], step="spectroscopy_image", run=run)
+    spectroscopy.image_sequence(Path(corr), list(map(Path, train)), _spec_cfg(config), Path(output), prov,
+                                sources_config=config)
 
 
 def spectroscopy_curvature(config: dict, run: int, partials: Sequence[Path], output: Path) -> None:
@@ -280,16 +291,17 @@ def spectroscopy_curvature(config: dict, run: int, partials: Sequence[Path], out
     log.info("run %d: line curvature coefficients %s", run, curv.coefficients)
 
 
-def spectroscopy_reduce(config: dict, run: int, seq: int, corr: Path, da: Path, curvature: Path,
+def spectroscopy_reduce(config: dict, run: int, seq: int, corr: Path, train: Sequence[Path], curvature: Path,
                         partial_out: Path, frames_out: Path) -> dict:
     """Pass 2: per-frame spectra (REDU) and mergeable on/off partials."""
     from . import spectroscopy
 
-    prov = provenance(config, [corr, da, curvature], step="spectroscopy_reduce", run=run, sequence=seq)
+    prov = provenance(config, [corr, *train, curvature], step="spectroscopy_reduce", run=run, sequence=seq)
     return spectroscopy.reduce_sequence(
-        Path(corr), Path(da), _spec_cfg(config), spectroscopy.load_curvature(Path(curvature)),
+        Path(corr), list(map(Path, train)), _spec_cfg(config), spectroscopy.load_curvature(Path(curvature)),
         Path(partial_out), Path(frames_out), prov, run=run, sequence=seq,
-        proposal=int(config.get("simulate", {}).get("proposal", 0)), progress=log)
+        proposal=int(config.get("simulate", {}).get("proposal", 0)), progress=log,
+        sources_config=config)
 
 
 def spectroscopy_run(config: dict, run: int, partials: Sequence[Path], curvature: Path, output: Path,

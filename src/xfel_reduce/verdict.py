@@ -85,9 +85,16 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict (non-finite floats become ``None``)."""
-        d = asdict(self)
-        d["value"] = _jsonable(self.value)
-        return d
+        return _jsonable_tree(asdict(self))
+
+
+def _jsonable_tree(obj: Any) -> Any:
+    """:func:`_jsonable` through dicts, lists and arrays: no NaN reaches a verdict file."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or (hasattr(obj, "ndim") and getattr(obj, "ndim", 0) > 0):
+        return [_jsonable_tree(v) for v in obj]
+    return _jsonable(obj)
 
 
 def _jsonable(value: Any) -> Any:
@@ -233,7 +240,7 @@ def verdict_summary(checks: Sequence[Check], **extra: Any) -> dict[str, Any]:
     checks = list(checks)
     counts = {s: sum(c.status == s for c in checks) for s in STATUSES}
     return {"overall": overall_status(checks), "counts": counts,
-            "checks": [c.to_dict() for c in checks], **extra}
+            "checks": [c.to_dict() for c in checks], **_jsonable_tree(extra)}
 
 
 def write_verdict(checks: Sequence[Check] | dict[str, Any], path: str | os.PathLike,
@@ -242,7 +249,7 @@ def write_verdict(checks: Sequence[Check] | dict[str, Any], path: str | os.PathL
 
     Returns the summary that was written.
     """
-    summary = checks if isinstance(checks, dict) else verdict_summary(checks, **extra)
+    summary = _jsonable_tree(checks) if isinstance(checks, dict) else verdict_summary(checks, **extra)
     write_json(path, summary, allow_nan=False)
     return summary
 

@@ -4,7 +4,7 @@
 rule annotate_chunk:
     input:
         corr=lambda w: [corr_file(w.run, m, w.seq) for m in MODULES],
-        da=lambda w: da_file(w.run, w.seq),
+        train=lambda w: train_files(w.run),
     output: os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "annotate", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotate", "S{seq}.tsv")

@@ -3,7 +3,7 @@
 def dark_inputs(wildcards):
     m = int(wildcards.module)
     return [raw_file(r, m, s) for r in DARK_RUNS for s in sequences(r)] + \
-           [da_file(r, s) for r in DARK_RUNS for s in sequences(r)]
+           [f for r in DARK_RUNS for f in train_files(r)]
 
 
 rule dark:

@@ -6,7 +6,8 @@ import glob
 import os
 import re
 
-from xfel_reduce.simulate.beamtime import iter_runs, run_plan
+from xfel_reduce.simulate.beamtime import expected_files, iter_runs, run_plan
+from xfel_reduce.simulate.jungfrau import JUNGFRAU_RUN_TYPES, expected_jungfrau_files
 from xfel_reduce.steps import modules_of
 
 # Conda environment for `--sdm conda` (path relative to the rule files)
@@ -93,8 +94,27 @@ def jf_corr_file(run, seq):
     return os.path.join(RESULTS, "proc", f"r{int(run):04d}", f"CORR-R{int(run):04d}-JNGFR{JF_MODULE:02d}-S{int(seq):05d}.h5")
 
 
-def da_file(run, seq):
-    return os.path.join(raw_dir(run), f"RAW-R{int(run):04d}-DA01-S{int(seq):05d}.h5")
+def train_files(run):
+    """The run's train-level files (DA01, AGIPD1MCTRL00, JNGFRCTRL00 …: every aggregator
+    but detector modules): beam and control data are read from all of them by train ID,
+    never by pairing sequence numbers across aggregators."""
+    return _train_files(int(run))
+
+
+@functools.lru_cache(maxsize=None)
+def _train_files(run):
+    from xfel_reduce.io.trains import train_files as listing
+
+    if run in SIM_RUNS:
+        kind = SIM_RUNS[run].get("type")
+        expected = (expected_jungfrau_files if kind in JUNGFRAU_RUN_TYPES else expected_files)(PROPOSAL, SIM, SIM_RUNS[run])
+        names = [str(p) for p in expected if "/raw/" in str(p)]
+        return [p for p in names if not re.search(r"-(AGIPD|JNGFR|LPD|DSSC|EPIX)\d\d-S\d{5}\.h5$", p)]
+    found = [str(p) for p in listing(raw_dir(run))]
+    if not found:
+        raise ValueError(f"run {run}: no train-level files (DA01, …CTRL00) in {raw_dir(run)}: "
+                         "check runs/proposal_dir in the config")
+    return found
 
 
 def corr_file(run, module, seq):
@@ -128,7 +148,7 @@ def run_raw_files(run):
         det = [jf_raw_file(r, s) for s in seqs]
     else:
         det = [raw_file(r, m, s) for s in seqs for m in MODULES]
-    return det + [da_file(r, s) for s in seqs]
+    return det + train_files(r)
 
 
 def technique_products(run):

@@ -1,7 +1,6 @@
 # The embedded synthetic beamtime: one rule per simulated run, because each run's
 # file list is known only from the config (rules are generated in a loop).
-from xfel_reduce.simulate.beamtime import expected_files, truth_dir_for
-from xfel_reduce.simulate.jungfrau import JUNGFRAU_RUN_TYPES, expected_jungfrau_files
+from xfel_reduce.simulate.beamtime import truth_dir_for
 
 SIMULATED_FILES = []
 

@@ -3,7 +3,7 @@
 
 rule jungfrau_dark:
     input:
-        files=lambda w: [f for r in JF_DARK_RUNS for s in sequences(r) for f in (jf_raw_file(r, s), da_file(r, s))],
+        files=lambda w: [jf_raw_file(r, s) for r in JF_DARK_RUNS for s in sequences(r)] + [f for r in JF_DARK_RUNS for f in train_files(r)],
         gain=JF_CFG.get("gain_constants", "jungfrau_gain_constants.h5"),
     output: os.path.join(RESULTS, "calibration", "constants", f"JNGFR{JF_MODULE:02d}.h5")
     params: dark_dirs=[raw_dir(r) for r in JF_DARK_RUNS]
@@ -33,7 +33,7 @@ rule jungfrau_correct:
 rule spectroscopy_image:
     input:
         corr=lambda w: jf_corr_file(w.run, w.seq),
-        da=lambda w: da_file(w.run, w.seq),
+        train=lambda w: train_files(w.run),
     output: os.path.join(RESULTS, "r{run}", "spectroscopy", "partials", "image-S{seq}.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "spectroscopy", "image-S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "spectroscopy", "image-S{seq}.tsv")
@@ -59,7 +59,7 @@ rule spectroscopy_curvature:
 rule spectroscopy_reduce:
     input:
         corr=lambda w: jf_corr_file(w.run, w.seq),
-        da=lambda w: da_file(w.run, w.seq),
+        train=lambda w: train_files(w.run),
         curvature=os.path.join(RESULTS, "r{run}", "spectroscopy", "curvature.h5"),
     output:
         partial=os.path.join(RESULTS, "r{run}", "spectroscopy", "partials", "S{seq}.h5"),

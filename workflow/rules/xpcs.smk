@@ -20,7 +20,7 @@ rule xpcs_run:
     input:
         partials=lambda w: expand(os.path.join(RESULTS, "r{run}", "xpcs", "partials", "S{seq}.h5"), run=w.run, seq=sequences(w.run)),
         reference=run_reference_corr,
-        da=lambda w: da_file(w.run, sequences(w.run)[0]),
+        train=lambda w: train_files(w.run),
     output: os.path.join(RESULTS, "r{run}", "xpcs", "xpcs.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "xpcs_run.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "xpcs_run.tsv")

@@ -2,4 +2,4 @@
 from xfel_reduce import steps
 
 steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
-steps.annotate_chunk(snakemake.config, snakemake.input.corr, snakemake.input.da, snakemake.output[0])
+steps.annotate_chunk(snakemake.config, snakemake.input.corr, snakemake.input.train, snakemake.output[0])

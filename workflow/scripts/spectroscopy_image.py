@@ -3,4 +3,4 @@ from xfel_reduce import steps, techniques
 
 steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
 techniques.spectroscopy_image(snakemake.config, int(snakemake.wildcards.run), snakemake.input.corr,
-                              snakemake.input.da, snakemake.output[0])
+                              snakemake.input.train, snakemake.output[0])

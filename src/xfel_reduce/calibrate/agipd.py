@@ -21,13 +21,19 @@ MODULE_SHAPE = (512, 128)
 
 def _check_gain_mode(run_path: Path, expected_stage: int) -> None:
     """Refuse a dark run whose recorded gain mode is not the stage it is used for."""
-    das = sorted(run_path.glob("*-DA01-S*.h5"))
-    if not das:
-        return  # no slow data recorded: trust the config
-    f = open_file(das[0])
-    if sources.AGIPD_CONTROL not in f.control_sources:
+    from ..io.trains import open_train_data, train_files
+
+    files = train_files(run_path)
+    controls = []
+    if files:  # the control device lives in its own aggregator (AGIPD1MCTRL00) at the facility
+        dc = open_train_data(run_path, files)
+        controls = [s for s in dc.control_sources if s.endswith("/MDL/FPGA_COMP")
+                    and "gainModeIndex" in dc[s]]
+    if len(controls) != 1:
+        log.warning("dark run %s: %s AGIPD control device with gainModeIndex, so its gain stage "
+                    "cannot be checked against the config", run_path, "no" if not controls else "more than one")
         return
-    mode = int(f[sources.AGIPD_CONTROL, "gainModeIndex"].as_single_value())
+    mode = int(dc[controls[0], "gainModeIndex"].as_single_value())
     want = sources.GAIN_MODE_FIXED[expected_stage]
     if mode != want:
         raise InputDataError(

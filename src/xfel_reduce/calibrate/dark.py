@@ -3,8 +3,9 @@
 Detector-independent: statistics are accumulated per memory cell and pixel for each
 gain stage (one dark run per stage, as taken at EuXFEL in fixed-gain mode), then
 turned into constants.  Detectors whose gain stage is encoded in a separate digital
-sample (AGIPD) also get switching thresholds; detectors with gain bits (JUNGFRAU)
-pass no digital statistics.
+sample (AGIPD) also get switching thresholds; detectors that record the stage per
+sample (JUNGFRAU's ``data.gain``) pass no digital statistics.  Bad-pixel reasons are
+the facility's :class:`~xfel_reduce.calibrate.badpixels.BadPixels` bits.
 """
 from __future__ import annotations
 
@@ -103,6 +104,9 @@ class DarkConstants:
     thresholds: np.ndarray | None = None  # (n_gains - 1, n_cells, ...): digital switching levels
     digital_mean: np.ndarray | None = None
     digital_std: np.ndarray | None = None
+    #: Recorded gain mode of each stage's dark, e.g. ``{"G0": "dynamic", "G1": "forceswitchg1"}``
+    #: (JUNGFRAU; None where the detector records no such mode).
+    gain_modes: dict[str, str] | None = None
 
 
 @dataclass

@@ -3,8 +3,9 @@
 Modules are written by separate DAQ aggregators, so a frame may be missing from
 some modules.  Frames are identified by (trainId, pulseId); the reader builds the
 union over modules, fills missing module data with NaN and a mask bit, and reports
-which modules contributed to each frame.  Beam data (bunch pattern, XGM) of each
-train come from the sequence's DA file.
+which modules contributed to each frame.  Beam data (X-ray pulses, XGM, laser) are
+not read here: they come from the whole run by train ID (:mod:`xfel_reduce.beam`,
+:mod:`xfel_reduce.io.trains`).
 """
 from __future__ import annotations
 
@@ -34,11 +35,8 @@ class FrameChunk:
         ``(n_frames, n_modules, 512, 128)`` float32 photons / uint32 bad-pixel bits.
     present
         ``(n_frames, n_modules)``: module recorded this frame.
-    train_index
-        Per frame: row of ``bunch_tables`` and ``xgm`` holding its train.
-    bunch_tables, xgm, beam_ok
-        Per train of the chunk: bunch pattern table, XGM intensityTD, and whether
-        both were recorded.
+    chunk_train_ids
+        The trains of the chunk.
     """
 
     train_ids: np.ndarray
@@ -47,31 +45,25 @@ class FrameChunk:
     data: np.ndarray
     mask: np.ndarray
     present: np.ndarray
-    train_index: np.ndarray
     chunk_train_ids: np.ndarray
-    bunch_tables: np.ndarray
-    xgm: np.ndarray
-    beam_ok: np.ndarray
 
     def __len__(self) -> int:
         return self.train_ids.size
 
 
 class SequenceFrames:
-    """Reader of one sequence: CORR files of several modules plus the DA file.
+    """Reader of one sequence: the CORR files of several modules.
 
     Parameters
     ----------
     corr_files
         ``{module: CORR file path}``; a module whose file is missing raises
         :class:`InputDataError` (drop it from the config's ``modules`` on purpose).
-    da_file
-        RAW DA file of the same sequence (bunch pattern, XGM).
     train_ids
         Optional subset of trains (e.g. to test split invariance).
     """
 
-    def __init__(self, corr_files: dict[int, Path], da_file: Path | None, train_ids: Sequence[int] | None = None):
+    def __init__(self, corr_files: dict[int, Path], train_ids: Sequence[int] | None = None):
         self.modules = sorted(corr_files)
         self.files = {m: open_file(corr_files[m]) for m in self.modules}
         self.paths = {m: Path(corr_files[m]) for m in self.modules}
@@ -85,39 +77,6 @@ class SequenceFrames:
         if train_ids is not None:
             tids = np.intersect1d(tids, np.asarray(train_ids, np.uint64))
         self.train_ids = tids
-        self.da_path = Path(da_file) if da_file else None
-        self.da = open_file(da_file) if da_file else None
-
-    def _beam(self, tids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from extra_data import by_id
-
-        n = tids.size
-        tables = np.zeros((n, 2700), np.uint32)
-        xgm = np.zeros((n, 1000), np.float32)
-        ok = np.zeros(n, bool)
-        if self.da is None:
-            return tables, xgm, ok
-        for src, key, dest in ((sources.BUNCH_PATTERN_SOURCE, "data.bunchPatternTable", tables),
-                               (sources.XGM_SOURCE, "data.intensityTD", xgm)):
-            if src not in self.da.instrument_sources:
-                continue
-            kd = self.da[src, key].select_trains(by_id[list(tids)])
-            arr = read_dataset(kd, self.da_path, key)
-            have = np.asarray(kd.train_id_coordinates(), np.uint64)
-            rows = np.searchsorted(tids, have)
-            dest[rows, : arr.shape[1]] = arr[:, : dest.shape[1]]
-        have_bp = self._has(sources.BUNCH_PATTERN_SOURCE, tids)
-        have_xgm = self._has(sources.XGM_SOURCE, tids)
-        ok[:] = have_bp & have_xgm
-        return tables, xgm, ok
-
-    def _has(self, src: str, tids: np.ndarray) -> np.ndarray:
-        if src not in self.da.instrument_sources:
-            return np.zeros(tids.size, bool)
-        from extra_data import by_id
-        counts = self.da[src].select_trains(by_id[list(tids)]).data_counts(labelled=True)
-        have = np.asarray(counts.index[counts.values > 0], np.uint64)
-        return np.isin(tids, have)
 
     def iter_chunks(self, trains_per_chunk: int = 4) -> Iterator[FrameChunk]:
         from extra_data import by_id
@@ -157,7 +116,6 @@ class SequenceFrames:
             if not present.all():
                 data[~present] = np.nan
                 mask[~present] = _NO_DATA
-            tables, xgm, ok = self._beam(tids)
             yield FrameChunk(
                 train_ids=frame_keys[:, 0].copy(),
                 pulse_ids=frame_keys[:, 1].copy(),
@@ -165,9 +123,5 @@ class SequenceFrames:
                 data=data,
                 mask=mask,
                 present=present,
-                train_index=np.searchsorted(tids, frame_keys[:, 0]),
                 chunk_train_ids=tids,
-                bunch_tables=tables,
-                xgm=xgm,
-                beam_ok=ok,
             )

@@ -10,6 +10,19 @@ XGM_CONTROL = "SPB_XTD9_XGM/XGM/DOOCS"
 BUNCH_PATTERN_SOURCE = "SPB_RR_SYS/TSYS/UTC-1-S2:outputBunchPattern"
 ANNOTATION_SOURCE = "SPB_XFEL_REDU/ANNOTATION/FRAMES:output"
 
+#: AGIPD ``bunchStructure.repetitionRate`` (MHz, as the device records it) per frame
+#: stride in 4.5 MHz buckets.
+REPETITION_RATE_MHZ = {1: 4.5, 2: 2.2, 4: 1.1, 8: 0.5}
+
+
+def stride_of_rate(rate_mhz: float) -> int:
+    """Frame stride (4.5 MHz buckets) of a recorded AGIPD repetition rate."""
+    for stride, rate in REPETITION_RATE_MHZ.items():
+        if abs(rate - float(rate_mhz)) < 0.05:
+            return stride
+    raise ValueError(f"repetitionRate {rate_mhz} MHz is not one of {sorted(REPETITION_RATE_MHZ.values())}")
+
+
 #: AGIPD ``gainModeIndex``: 0 adaptive, then fixed high, medium, low gain.
 GAIN_MODE_ADAPTIVE = 0
 GAIN_MODE_FIXED = {0: 1, 1: 2, 2: 3}
@@ -21,6 +34,20 @@ def raw_filename(run: int, module: int, sequence: int) -> str:
 
 def da_filename(run: int, sequence: int) -> str:
     return f"RAW-R{run:04d}-DA01-S{sequence:05d}.h5"
+
+
+#: Aggregator of the AGIPD 1M control device (its own files, own sequence numbering).
+AGIPD_CTRL_AGGREGATOR = "AGIPD1MCTRL00"
+
+
+def aggregator_filename(run: int, aggregator: str, sequence: int) -> str:
+    """``RAW-R0042-AGIPD1MCTRL00-S00000.h5`` and the like."""
+    return f"RAW-R{run:04d}-{aggregator}-S{sequence:05d}.h5"
+
+
+#: Detector-module aggregators (AGIPD00, JNGFR01, LPD03, DSSC15, …): everything else in
+#: a run folder holds train-level data (DA01, AGIPD1MCTRL00, JNGFRCTRL00, …).
+DETECTOR_AGGREGATOR_RE = r"^(AGIPD|JNGFR|LPD|DSSC|EPIX)\d\d$"
 
 
 def corr_filename(run: int, module: int, sequence: int) -> str:

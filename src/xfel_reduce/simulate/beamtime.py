@@ -1,11 +1,14 @@
 """Write a synthetic beamtime in the EuXFEL RAW layout, with its ground truth.
 
 Per run and sequence this writes one file per AGIPD module
-(``RAW-R0010-AGIPD03-S00001.h5``) and one file with the slow and beam data
-(``RAW-R0010-DA01-S00001.h5``: XGM, bunch pattern table, AGIPD control), plus
-``truth/r0010/truth.json`` (scalars) and ``truth/r0010/truth.h5`` (per-frame arrays)
-beside the ``raw/`` folder.  Dark
-runs are taken in fixed gain (one run per stage), as at the facility.
+(``RAW-R0010-AGIPD03-S00001.h5``); the train-level data go to aggregators of their own
+with their own sequence numbering, as at the facility: ``RAW-R0010-DA01-S00000.h5``
+(timeserver bunch pattern, XGM) and ``RAW-R0010-AGIPD1MCTRL00-S00000.h5`` (the AGIPD
+control device), one sequence each for the whole run, so that nothing can pair
+sequence *k* of one aggregator with sequence *k* of another.  Source names follow the
+instrument profile (:data:`xfel_reduce.config.INSTRUMENTS`).  Beside the ``raw/``
+folder go ``truth/r0010/truth.json`` (scalars) and ``truth/r0010/truth.h5`` (per-frame
+arrays).  Dark runs are taken in fixed gain (one run per stage), as at the facility.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import geometry
+from ..config import InstrumentProfile, instrument_profile, ppl_bit_value
 from ..io import sources
 from ..io.atomic import write_json
 from ..io.euxfel import AtomicH5File, EuXFELWriter, write_h5
@@ -60,6 +64,9 @@ def run_plan(sim_cfg: dict, run_cfg: dict) -> dict[str, Any]:
     n_trains = int(run_cfg.get("trains", sim_cfg.get("trains", 20)))
     per_seq = int(run_cfg.get("trains_per_sequence", sim_cfg.get("trains_per_sequence", n_trains)))
     beam = {**sim_cfg.get("beam", {}), **run_cfg.get("beam", {})}
+    profile = instrument_profile(run_cfg.get("instrument", sim_cfg.get("instrument", "SPB")))
+    beam.setdefault("sase", profile.sase)
+    beam.setdefault("ppl_bit", ppl_bit_value(profile.ppl_bit))
     if run_cfg.get("type") == "dark":
         beam["xray"] = False
         beam["ppl_mode"] = "none"
@@ -71,6 +78,7 @@ def run_plan(sim_cfg: dict, run_cfg: dict) -> dict[str, Any]:
         "trains_per_sequence": per_seq,
         "n_sequences": -(-n_trains // per_seq),
         "beam": BeamConfig.from_dict(beam),
+        "instrument": profile,
         "photon_energy_kev": float(run_cfg.get("photon_energy_kev", sim_cfg.get("photon_energy_kev", 9.3))),
         "distance_m": float(run_cfg.get("distance_m", sim_cfg.get("distance_m", 0.5))),
         "params": run_cfg.get("params", {}),
@@ -87,8 +95,8 @@ def expected_files(proposal_dir: Path, sim_cfg: dict, run_cfg: dict) -> list[Pat
     out = []
     for seq in range(plan["n_sequences"]):
         out += [run_dir / sources.raw_filename(plan["run"], m, seq) for m in module_list(sim_cfg)]
-        out.append(run_dir / sources.da_filename(plan["run"], seq))
-    return out
+    return out + [run_dir / sources.da_filename(plan["run"], 0),
+                  run_dir / sources.aggregator_filename(plan["run"], sources.AGIPD_CTRL_AGGREGATOR, 0)]
 
 
 def detector_truths(sim_cfg: dict) -> list[ModuleTruth]:
@@ -125,24 +133,51 @@ def write_detector_truth(proposal_dir: Path, sim_cfg: dict, config: dict | None 
     return gain_path, truth_path
 
 
-def add_beam_sources(da: EuXFELWriter, n_trains: int, photon_energy_kev: float) -> None:
-    """Declare a DA file's beam sources: XGM pulse energies and the bunch pattern.
+def add_beam_sources(da: EuXFELWriter, n_trains: int, photon_energy_kev: float,
+                     profile: InstrumentProfile | None = None) -> None:
+    """Declare a file's beam sources: the timeserver's bunch pattern and the XGM.
 
-    Every simulated run (AGIPD or JUNGFRAU) writes them in this one layout, so the
-    annotation reads them the same way; :func:`fill_beam_sources` writes the rows.
+    Every simulated run (AGIPD or JUNGFRAU) writes them in this one layout, the
+    facility's (names from the instrument ``profile``, default SPB): the XGM's combined
+    ``intensityTD``, per-SASE keys on the SASE1/3 line, ``intensitySigmaTD``, the
+    control keys EXtra's ``XGM`` reads, and the devices' ``classId``.
+    :func:`fill_beam_sources` writes the rows.
     """
+    profile = profile or instrument_profile("SPB")
     ones = np.ones(n_trains, np.uint64)
-    da.add_instrument(sources.XGM_SOURCE, ones, {"data.intensityTD": (np.float32, (XGM_SLOTS,))})
-    da.add_instrument(sources.BUNCH_PATTERN_SOURCE, ones,
+    keys = ["intensityTD", "intensitySigmaTD"]
+    if profile.sase in (1, 3):
+        keys += ["intensitySa1TD", "intensitySa3TD"]
+    da.add_instrument(profile.xgm_output, ones, {f"data.{k}": (np.float32, (XGM_SLOTS,)) for k in keys})
+    da.add_instrument(profile.timeserver, ones,
                       {"data.bunchPatternTable": (np.uint32, (BUNCH_TABLE_SIZE,))})
-    da.add_control(sources.XGM_CONTROL, {
-        "pulseEnergy.wavelengthUsed": np.full(n_trains, geometry.wavelength_nm(photon_energy_kev), np.float32),
-    })
+    ts_device = profile.timeserver.split(":", 1)[0]
+    da.add_control(ts_device, {}, run_values={"classId": "TimeServer"})
+    control = {"pulseEnergy.wavelengthUsed":
+               np.full(n_trains, geometry.wavelength_nm(photon_energy_kev), np.float32)}
+    da.add_control(profile.xgm, control, run_values={"classId": "DoocsXGM"})
 
 
-def fill_beam_sources(da: EuXFELWriter, xgm_rows: list[np.ndarray], bunch_rows: list[np.ndarray]) -> None:
-    da.fill(sources.XGM_SOURCE, {"data.intensityTD": np.stack(xgm_rows)})
-    da.fill(sources.BUNCH_PATTERN_SOURCE, {"data.bunchPatternTable": np.stack(bunch_rows)})
+def fill_beam_sources(da: EuXFELWriter, xgm_rows: list[dict[str, np.ndarray]], bunch_rows: list[np.ndarray],
+                      profile: InstrumentProfile | None = None) -> None:
+    """Write the rows declared by :func:`add_beam_sources` (one XGM dict per train)."""
+    profile = profile or instrument_profile("SPB")
+    keys = [k for k in da.f[f"INSTRUMENT/{profile.xgm_output}/data"] if k != "trainId"]
+    da.fill(profile.xgm_output, {f"data.{k}": np.stack([row[k] for row in xgm_rows]) for k in keys})
+    da.fill(profile.timeserver, {"data.bunchPatternTable": np.stack(bunch_rows)})
+
+
+def agipd_control_values(beam_cfg: BeamConfig, gain_mode: int, n_trains: int) -> dict[str, np.ndarray]:
+    """The AGIPD control device's per-train values (what the lit-frame finder reads)."""
+    full = np.full
+    return {
+        "gainModeIndex": full(n_trains, gain_mode, np.int32),
+        "bunchStructure.nPulses": full(n_trains, beam_cfg.frames_per_train, np.int32),
+        "bunchStructure.firstPulse": full(n_trains, beam_cfg.first_pulse, np.int32),
+        "bunchStructure.repetitionRate": full(n_trains, beam_cfg.repetition_rate_mhz, np.float64),
+        "integrationTime": full(n_trains, beam_cfg.integration_clocks, np.int32),
+        "patternTypeIndex": full(n_trains, 1 if beam_cfg.xray else 0, np.int32),
+    }
 
 
 def write_run_truth(proposal_dir: Path, run: int, truth: dict, frame_truth: dict[str, list[np.ndarray]],
@@ -202,6 +237,10 @@ def simulate_run(
     cells = (np.arange(beam_cfg.frames_per_train) % n_cells).astype(np.uint16)
     pulse_ids = beam_cfg.pulse_ids()
     gain_mode = 0 if plan["gain"] is None else sources.GAIN_MODE_FIXED[int(plan["gain"])]
+    profile: InstrumentProfile = plan["instrument"]
+    raw_source = profile.agipd + "/DET/{module}CH0:xtdf"
+    xgm_rows: list[dict[str, np.ndarray]] = []
+    bp_rows: list[np.ndarray] = []
     prov = provenance(config or sim_cfg, simulated_run=run, run_type=plan["type"])
     drop = plan["faults"].get("drop_frames")  # {module, train_index, keep}
 
@@ -222,24 +261,22 @@ def simulate_run(
                     counts[int(drop["train_index"]) - t_lo] = int(drop["keep"])
                 counts_by_mod[m] = counts
                 w = EuXFELWriter(run_dir / sources.raw_filename(run, m, seq), tids, prov, **meta)
-                src = sources.RAW_SOURCE.format(module=m)
+                src = raw_source.format(module=m)
+                # Raw AGIPD keeps (N, 1) per-frame ids, as the DAQ writes them.
                 w.add_instrument(src, counts, {
                     "image.data": (np.uint16, (2,) + MODULE_SHAPE),
-                    "image.cellId": (np.uint16, ()),
-                    "image.pulseId": (np.uint64, ()),
-                    "image.status": (np.uint16, ()),
-                    "image.length": (np.uint32, ()),
+                    "image.cellId": (np.uint16, (1,)),
+                    "image.pulseId": (np.uint64, (1,)),
+                    "image.status": (np.uint16, (1,)),
+                    "image.length": (np.uint32, (1,)),
                 }, chunk_rows=1)
+                w.add_instrument(src, np.ones(tids.size, np.uint64), {
+                    "header.pulseCount": (np.uint64, ()),
+                    "header.majorTrainFormatVersion": (np.uint32, ()),
+                    "header.minorTrainFormatVersion": (np.uint32, ()),
+                    "trailer.status": (np.uint64, ()),
+                })
                 writers[m] = w
-            da = EuXFELWriter(run_dir / sources.da_filename(run, seq), tids, prov, **meta)
-            add_beam_sources(da, tids.size, plan["photon_energy_kev"])
-            da.add_control(sources.AGIPD_CONTROL, {
-                "gainModeIndex": np.full(tids.size, gain_mode, np.int32),
-                "bunchStructure.nPulses": np.full(tids.size, beam_cfg.frames_per_train, np.int32),
-                "bunchStructure.firstPulse": np.full(tids.size, beam_cfg.first_pulse, np.int32),
-                "bunchStructure.repetitionRate": np.full(tids.size, 4.5 / beam_cfg.pulse_stride),
-            })
-            xgm_rows, bp_rows = [], []
             for k, tid in enumerate(tids):
                 ti = t_lo + k
                 beam, table, xgm = make_train_beam(beam_cfg, ti, int(tid), plan["n_trains"], rng_beam)
@@ -250,11 +287,14 @@ def simulate_run(
                     raw, _ = raw_frames(truths[j], photons[:, j], cells, rng_det,
                                         forced_gain=None if plan["gain"] is None else int(plan["gain"]))
                     keep = int(counts_by_mod[m][k])
-                    writers[m].write_train(sources.RAW_SOURCE.format(module=m), k, {
+                    writers[m].write_train(raw_source.format(module=m), k, {
                         "image.data": raw[:keep],
-                        "image.cellId": cells[:keep],
-                        "image.pulseId": pulse_ids[:keep],
-                        "image.length": np.full(keep, raw[0].nbytes, np.uint32),
+                        "image.cellId": cells[:keep, None],
+                        "image.pulseId": pulse_ids[:keep, None],
+                        "image.length": np.full((keep, 1), raw[0].nbytes, np.uint32),
+                        "header.pulseCount": np.array([keep], np.uint64),
+                        "header.majorTrainFormatVersion": np.array([2], np.uint32),
+                        "header.minorTrainFormatVersion": np.array([2], np.uint32),
                     })
                 frame_truth["trainId"].append(np.full(beam_cfg.frames_per_train, tid, np.uint64))
                 frame_truth["pulseId"].append(pulse_ids)
@@ -266,18 +306,15 @@ def simulate_run(
                     rate = (ti + 1) / (time.monotonic() - t0)
                     progress.info("run %d: %d/%d trains simulated (%.1f trains/s, ETA %.0f s)",
                                   run, ti + 1, plan["n_trains"], rate, (plan["n_trains"] - ti - 1) / rate)
-            fill_beam_sources(da, xgm_rows, bp_rows)
         except BaseException:
             for w in writers.values():
                 w.abort()
-            if "da" in locals():
-                da.abort()
             raise
         for m in modules:
             writers[m].close()
             written.append(writers[m]._atomic.path)
-        da.close()
-        written.append(da._atomic.path)
+    written += write_train_data(run_dir, run, plan, profile, gain_mode, xgm_rows, bp_rows, prov,
+                                proposal=proposal, run_type=f"simulated {plan['type']}")
 
     truth = {
         "run": run,
@@ -295,6 +332,25 @@ def simulate_run(
         "faults": plan["faults"],
     }
     return written + write_run_truth(proposal_dir, run, truth, frame_truth, scene, prov)
+
+
+def write_train_data(run_dir: Path, run: int, plan: dict, profile: InstrumentProfile, gain_mode: int,
+                     xgm_rows: list[dict[str, np.ndarray]], bp_rows: list[np.ndarray], prov: dict,
+                     **meta: Any) -> list[Path]:
+    """The run's train-level aggregators: DA01 (timeserver, XGM) and AGIPD1MCTRL00
+    (AGIPD control), each one sequence over all trains of the run."""
+    tids = plan["first_train_id"] + np.arange(plan["n_trains"], dtype=np.uint64)
+    beam_cfg: BeamConfig = plan["beam"]
+    with EuXFELWriter(run_dir / sources.da_filename(run, 0), tids, prov, run=run, **meta) as da:
+        add_beam_sources(da, tids.size, plan["photon_energy_kev"], profile)
+        fill_beam_sources(da, xgm_rows, bp_rows, profile)
+    ctrl_path = run_dir / sources.aggregator_filename(run, sources.AGIPD_CTRL_AGGREGATOR, 0)
+    with EuXFELWriter(ctrl_path, tids, prov, run=run, **meta) as ctrl:
+        ctrl.add_control(profile.agipd_control, agipd_control_values(beam_cfg, gain_mode, tids.size),
+                         run_values={"classId": "AgipdComposite",
+                                     "patternType": "XRay" if beam_cfg.xray else "Dark",
+                                     "deviceId": profile.agipd_control})
+    return [run_dir / sources.da_filename(run, 0), ctrl_path]
 
 
 def truth_dir_for(proposal_dir: Path, run: int) -> Path:

@@ -1,17 +1,25 @@
 """JUNGFRAU response model and run writer (spectroscopy and JUNGFRAU dark runs).
 
 A JUNGFRAU module has 512 × 1024 pixels and, in burst mode, 16 storage (memory)
-cells: every train delivers one ``data.adc`` row of shape ``(16, 512, 1024)`` uint16.
-Each ADC word carries the 14-bit analog value in bits 0–13 and the gain stage in
-bits 14–15 (0 → G0 high, 1 → G1 medium, 3 → G2 low; 2 never occurs).  The model
-has, per gain stage, an offset per memory cell and pixel, a per-pixel Gaussian
-noise and a per-pixel relative gain (ADU per photon); dead, hot and noisy pixels are
-drawn with known fractions.  Everything is drawn from a generator seeded with
-``(seed, module)`` so the truth can be rebuilt without reading any file.
+cells.  Runs are written as the facility records them
+(:mod:`xfel_reduce.detectors.jungfrau`): per module and train one row of
+``data.adc`` uint16 ``(16, 512, 1024)`` holding the **14-bit** value, ``data.gain``
+uint8 the gain bits (0 → G0 high, 1 → G1 medium, 3 → G2 low), ``data.memoryCell``,
+``data.frameNumber`` and ``data.timestamp``; each module in its own aggregator
+(``RAW-R0014-JNGFR01-S00000.h5``) and the control device ``<detector>/DET/CONTROL``
+in the control aggregator ``RAW-R0014-JNGFRCTRL00-S00000.h5`` (one sequence for the
+whole run, so nothing can pair its sequence numbers with the modules').
 
-Dark runs are taken as at the facility: one run per stage, with the gain forced
-(``dynamicgain`` for G0, ``forceswitchg1``, ``forceswitchg2``); their ``gainMode`` is
-recorded in the JUNGFRAU control source of the DA file.
+The model has, per gain stage, an offset per memory cell and pixel, a per-pixel
+Gaussian noise and a per-pixel relative gain (ADU per photon); dead, hot and noisy
+pixels are drawn with known fractions.  Everything is drawn from a generator seeded
+with ``(seed, module)`` so the truth can be rebuilt without reading any file.
+
+Dark runs are taken as at the facility: one run per stage, G0 in ``dynamic`` gain
+(no light), G1 and G2 with forced switching (``forceswitchg1``, ``forceswitchg2``),
+recorded in the control's ``gainMode`` (since 2022) or, with
+``simulate.jungfrau.control_vocabulary: legacy``, in ``settings`` with the pre-2022
+names (``dynamicgain``, …).
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..detectors import jungfrau as jfd
 from ..io import sources
 from ..io.euxfel import EuXFELWriter, write_h5
 from ..io.provenance import provenance
@@ -34,12 +43,12 @@ from .scene import SceneContext
 
 log = logging.getLogger(__name__)
 
-JF_SHAPE = (512, 1024)
+JF_SHAPE = jfd.MODULE_SHAPE
 N_GAINS = 3
-ADC_MAX = 0x3FFF
-#: Gain bits (bits 14–15 of the ADC word) of each stage.
-GAIN_BITS = np.array([0, 1, 3], np.uint16)
-PIXEL_SIZE_M = 75e-6
+ADC_MAX = jfd.ADC_MASK
+#: ``data.gain`` value of each stage.
+GAIN_BITS = jfd.GAIN_BITS
+PIXEL_SIZE_M = jfd.PIXEL_SIZE_M
 
 #: Default JUNGFRAU truth (ADU unless stated); every value is a config parameter
 #: (``simulate.jungfrau.detector``).  Gains are ADU per detected photon of the
@@ -126,8 +135,8 @@ def raw_frames(
     cells: np.ndarray,
     rng: np.random.Generator,
     forced_gain: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Raw JUNGFRAU ADC words of one module.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw JUNGFRAU data of one module, as the facility's receiver writes them.
 
     Parameters
     ----------
@@ -140,10 +149,12 @@ def raw_frames(
 
     Returns
     -------
-    raw
-        ``(n_frames, 512, 1024)`` uint16: 14-bit analog value | gain bits << 14.
+    adc
+        ``(n_frames, 512, 1024)`` uint16 ``data.adc``: the 14-bit value.
+    gain
+        ``(n_frames, 512, 1024)`` uint8 ``data.gain``: gain bits 0, 1 or 3.
     stage
-        ``(n_frames, 512, 1024)`` uint8 true gain stage.
+        ``(n_frames, 512, 1024)`` uint8 true gain stage (0, 1, 2).
     """
     cells = np.asarray(cells, np.intp)
     n = photons.shape[0]
@@ -165,10 +176,9 @@ def raw_frames(
             g = stage[i, y, x].astype(np.intp)
             analog[i, y, x] = (truth.offset[g, cells[i], y, x] + photons[i, y, x] * truth.adu_per_photon[g, y, x]
                                + truth.noise[g, y, x] * z[i, y, x])
-    raw = np.clip(np.rint(analog), 0, ADC_MAX).astype(np.uint16)
-    raw |= GAIN_BITS[stage] << np.uint16(14)
-    assert raw.shape[0] == n
-    return raw, stage
+    adc = np.clip(np.rint(analog), 0, ADC_MAX).astype(np.uint16)
+    assert adc.shape[0] == n
+    return adc, GAIN_BITS[stage], stage
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -179,20 +189,40 @@ JUNGFRAU_RUN_TYPES = ("spectroscopy", "jungfrau_dark")
 def jungfrau_settings(sim_cfg: dict) -> dict[str, Any]:
     """The ``simulate.jungfrau`` section with defaults.
 
+    ``module`` is the module the spectrometer illuminates; ``modules`` all modules
+    written (default ``[module]``; JUNGFRAU numbers them from 1); ``detector_name``
+    the detector in the source names (e.g. ``SPB_IRDA_JF4M``, ``FXE_XAD_JF1M``; None:
+    the run's instrument's JUNGFRAU, else ``HED_IA1_JF500K1``); ``control_vocabulary`` ``current``
+    (``gainMode``, since 2022) or ``legacy`` (``settings`` before 2022).
     ``cell_order`` is the memory cell of each frame of a train; the default (cell 15
-    first, then 0–14) deliberately differs from the frame order so that anything
-    that confuses frame index and memory cell shows up in the tests.
+    first, then 0–14, the facility's ``storageCellStart`` 15) deliberately differs
+    from the frame order so that anything that confuses frame index and memory cell
+    shows up in the tests.
     """
     jf = dict(sim_cfg.get("jungfrau", {}))
     n_cells = int(jf.get("memory_cells", 16))
+    if not 1 <= n_cells <= jfd.MAX_MEMORY_CELLS:
+        raise ValueError(f"simulate.jungfrau.memory_cells must be 1..{jfd.MAX_MEMORY_CELLS}, not {n_cells}")
     order = jf.get("cell_order")
     if order is None:
         order = [n_cells - 1] + list(range(n_cells - 1))
     order = [int(c) for c in order]
     if sorted(order) != list(range(n_cells)):
         raise ValueError(f"simulate.jungfrau.cell_order must be a permutation of 0..{n_cells - 1}")
+    module = int(jf.get("module", jfd.FIRST_MODULE))
+    modules = [int(m) for m in jf.get("modules", [module])]
+    if module not in modules or len(set(modules)) != len(modules) or min(modules) < jfd.FIRST_MODULE:
+        raise ValueError(f"simulate.jungfrau.modules {modules} must list distinct module numbers from "
+                         f"{jfd.FIRST_MODULE} (JNGFR01) and include simulate.jungfrau.module ({module})")
+    vocabulary = str(jf.get("control_vocabulary", "current"))
+    if vocabulary not in ("current", "legacy"):
+        raise ValueError(f"simulate.jungfrau.control_vocabulary must be 'current' (gainMode, since 2022) "
+                         f"or 'legacy' (settings, before), not {vocabulary!r}")
     return {
-        "module": int(jf.get("module", 1)),
+        "module": module,
+        "modules": sorted(modules),
+        "detector_name": str(jf["detector_name"]) if jf.get("detector_name") else None,
+        "control_vocabulary": vocabulary,
         "memory_cells": n_cells,
         "cell_order": order,
         "detector": jf.get("detector", {}),
@@ -200,53 +230,83 @@ def jungfrau_settings(sim_cfg: dict) -> dict[str, Any]:
     }
 
 
-def jungfrau_truth_for(sim_cfg: dict) -> JungfrauTruth:
+def jungfrau_truth_for(sim_cfg: dict, module: int | None = None) -> JungfrauTruth:
+    """True constants of ``module`` (default: the illuminated one)."""
     s = jungfrau_settings(sim_cfg)
-    return make_jungfrau_truth(s["module"], s["memory_cells"], s["seed"], s["detector"])
+    return make_jungfrau_truth(s["module"] if module is None else int(module), s["memory_cells"], s["seed"],
+                               s["detector"])
 
 
 def expected_jungfrau_files(proposal_dir: Path, sim_cfg: dict, run_cfg: dict) -> list[Path]:
-    """Paths a simulated JUNGFRAU run writes (known before it is simulated)."""
+    """Paths a simulated JUNGFRAU run writes (known before it is simulated).
+
+    Per sequence every module's file and the ``DA01`` file (XGM, bunch pattern),
+    and one control aggregator file for the whole run.
+    """
     plan = run_plan(sim_cfg, run_cfg)
-    mod = jungfrau_settings(sim_cfg)["module"]
+    mods = jungfrau_settings(sim_cfg)["modules"]
     run_dir = Path(proposal_dir) / "raw" / f"r{plan['run']:04d}"
     out = []
     for seq in range(plan["n_sequences"]):
-        out += [run_dir / sources.jf_raw_filename(plan["run"], mod, seq),
-                run_dir / sources.da_filename(plan["run"], seq)]
-    return out
+        out += [run_dir / jfd.raw_filename(plan["run"], m, seq) for m in mods]
+        out.append(run_dir / sources.da_filename(plan["run"], seq))
+    return out + [run_dir / jfd.control_filename(plan["run"])]
 
 
 def write_jungfrau_detector_truth(proposal_dir: Path, sim_cfg: dict, config: dict | None = None) -> tuple[Path, Path]:
-    """Write the facility-style JUNGFRAU gain constants and the full detector truth.
+    """Write the facility-style JUNGFRAU gain constants and the detector truth.
 
     ``calib/jungfrau_gain_constants.h5`` holds ``adu_per_photon`` ``(gain, module,
-    512, 1024)`` (what a user gets from the calibration database: relative gains
-    times the ADU per photon of the measured line energy); ``truth/jungfrau_detector.h5``
-    holds every true constant for the tests.
+    512, 1024)`` of every simulated module (what a user gets from the calibration
+    database: relative gains times the ADU per photon of the measured line energy)
+    and ``modules``; ``truth/jungfrau_detector.h5`` holds every true constant of the
+    illuminated module for the tests (the others are rebuilt by
+    :func:`jungfrau_truth_for` from the seed).
     """
     proposal_dir = Path(proposal_dir)
-    t = jungfrau_truth_for(sim_cfg)
+    s = jungfrau_settings(sim_cfg)
+    truths = [jungfrau_truth_for(sim_cfg, m) for m in s["modules"]]
+    t = truths[s["modules"].index(s["module"])]
     prov = provenance(config or sim_cfg)
     gain_path = write_h5(proposal_dir / "calib" / "jungfrau_gain_constants.h5", prov, {
-        "adu_per_photon": (t.adu_per_photon[:, None], "gain, module, slow_scan, fast_scan"),
-        "modules": np.array([t.module]),
+        "adu_per_photon": (np.stack([tr.adu_per_photon for tr in truths], axis=1),
+                           "gain, module, slow_scan, fast_scan"),
+        "modules": np.array(s["modules"]),
     })
+    del truths
     names = ("offset", "noise", "adu_per_photon", "dead", "hot", "noisy")
     truth_path = write_h5(proposal_dir / "truth" / "jungfrau_detector.h5", prov,
                           {name: getattr(t, name) for name in names},
-                          attrs={"module": t.module, "params": json.dumps(t.params)}, compressed=names)
+                          attrs={"module": t.module, "modules": s["modules"], "params": json.dumps(t.params)},
+                          compressed=names)
     return gain_path, truth_path
 
 
 def _flat_module_positions(distance_m: float) -> np.ndarray:
     """Pixel centres of a flat module on the beam axis, ``(1, 512, 1024, 3)`` metres."""
-    yy, xx = np.mgrid[0:JF_SHAPE[0], 0:JF_SHAPE[1]].astype(np.float32)
-    pos = np.empty((1,) + JF_SHAPE + (3,), np.float32)
-    pos[0, ..., 0] = (xx - (JF_SHAPE[1] - 1) / 2) * PIXEL_SIZE_M
-    pos[0, ..., 1] = (yy - (JF_SHAPE[0] - 1) / 2) * PIXEL_SIZE_M
-    pos[0, ..., 2] = distance_m
-    return pos
+    return jfd.flat_module_positions(distance_m)
+
+
+def _control_values(n_trains: int, n_cells: int, first_cell: int, stage: int | None,
+                    vocabulary: str, gain_mode: str | None) -> tuple[dict[str, np.ndarray], dict[str, object], str]:
+    """Per-train values and string run values of the JUNGFRAU control, and the gain mode.
+
+    ``storageCells`` counts the *additional* cells (``memory cells - 1``, as EXtra's
+    JUNGFRAU conditions read it); ``vHighVoltage`` is the sensor bias.
+    """
+    mode, setting = jfd.gain_mode_value(0 if stage is None else stage, vocabulary, gain_mode)
+    values = {
+        "storageCells": np.full(n_trains, n_cells - 1, np.int16),
+        "storageCellStart": np.full(n_trains, first_cell, np.int16),
+        "exposureTime": np.full(n_trains, 10e-6, np.float32),
+        "exposureTimeout": np.full(n_trains, 25, np.uint32),
+        "vHighVoltage": np.full((n_trains, 1), 200, np.uint32),
+    }
+    strings = {"settings": setting} if vocabulary == "legacy" else {"gainMode": mode, "settings": setting}
+    for key, text in strings.items():
+        # Recorded per train too, so that `key in run[control]` holds as in real data.
+        values[key] = np.array([text.encode()] * n_trains)
+    return values, strings, mode or jfd.LEGACY_SETTINGS[setting][0]
 
 
 # -- run writer ------------------------------------------------------------------------
@@ -259,15 +319,18 @@ def simulate_jungfrau_run(
 ) -> list[Path]:
     """Simulate a JUNGFRAU run: ``type: spectroscopy`` or ``type: jungfrau_dark``.
 
-    Writes ``raw/r{run}/RAW-R{run}-JNGFR{mod}-S{seq}.h5`` (one row of 16 memory
-    cells per train), ``RAW-R{run}-DA01-S{seq}.h5`` (XGM, bunch pattern, JUNGFRAU
-    control) and ``truth/r{run}/truth.json`` + ``truth.h5``.
+    Writes, under ``raw/r{run}/``, ``RAW-R{run}-JNGFR{mod}-S{seq}.h5`` for every module
+    (one row of 16 memory cells per train), ``RAW-R{run}-DA01-S{seq}.h5`` (XGM, bunch
+    pattern) and ``RAW-R{run}-JNGFRCTRL00-S00000.h5`` (the detector's control for the
+    whole run); and ``truth/r{run}/truth.json`` + ``truth.h5``.  The spectrometer's
+    pattern falls on ``simulate.jungfrau.module``; other modules see no light.
 
     Parameters
     ----------
     run_cfg
         ``{run, type, trains, trains_per_sequence, beam, params}``; dark runs also
-        ``gain`` (0, 1, 2 → dynamic gain, forced G1, forced G2).
+        ``gain`` (0, 1, 2 → dynamic gain, forced G1, forced G2) and optionally
+        ``gain_mode`` (e.g. ``fixg1``: a fixed-gain dark of that stage).
 
     Returns
     -------
@@ -276,22 +339,38 @@ def simulate_jungfrau_run(
     """
     progress = progress or log
     kind = run_cfg.get("type", "spectroscopy")
-    if kind not in ("spectroscopy", "jungfrau_dark"):
+    if kind not in JUNGFRAU_RUN_TYPES:
         raise ValueError(f"simulate_jungfrau_run handles spectroscopy and jungfrau_dark runs, not {kind!r}")
     jf = jungfrau_settings(sim_cfg)
     n_cells = jf["memory_cells"]
     plan = run_plan(sim_cfg, run_cfg)
+    profile = plan.get("instrument")
     beam_d = {**sim_cfg.get("beam", {}), **run_cfg.get("beam", {}), "frames_per_train": n_cells}
+    if profile is not None:
+        # The bunch pattern and laser bit of the run's instrument, as for the AGIPD runs.
+        beam_d.setdefault("sase", plan["beam"].sase)
+        beam_d.setdefault("ppl_bit", plan["beam"].ppl_bit)
+    # JUNGFRAU frame k sees the train's k-th X-ray pulse (the burst is triggered on the
+    # first pulse): no AGIPD-style dark frame 0, unlit frames at the end of the train.
+    if "reference_frame" in BeamConfig.__dataclass_fields__:
+        beam_d.setdefault("reference_frame", 0)
     if kind == "jungfrau_dark":
         beam_d.update(xray=False, ppl_mode="none")
         if run_cfg.get("gain") is None:
             raise ValueError(f"run {plan['run']}: a jungfrau_dark run needs `gain: 0|1|2`")
     beam_cfg = BeamConfig.from_dict(beam_d)
     forced = None if kind == "spectroscopy" else int(run_cfg["gain"])
+    wanted_mode = run_cfg.get("gain_mode") if kind == "jungfrau_dark" else None
+    if wanted_mode is not None and jfd.DARK_STAGE_OF_MODE.get(str(wanted_mode)) != forced:
+        raise ValueError(f"run {plan['run']}: gain_mode {wanted_mode!r} is not a G{forced} dark mode "
+                         f"(G{forced}: {[m for m, s in jfd.DARK_STAGE_OF_MODE.items() if s == forced]})")
     run, mod = plan["run"], jf["module"]
+    det = jfd.detector(jf["detector_name"] or getattr(profile, "jungfrau", "") or jfd.DEFAULT_DETECTOR,
+                       jf["modules"])
     proposal = int(sim_cfg.get("proposal", 900001))
     run_dir = Path(proposal_dir) / "raw" / f"r{run:04d}"
-    truth = jungfrau_truth_for(sim_cfg)
+    truths = {m: jungfrau_truth_for(sim_cfg, m) for m in jf["modules"]}
+    truth = truths[mod]
     ctx = SceneContext(
         positions=_flat_module_positions(plan["distance_m"]),
         modules=[mod],
@@ -304,83 +383,112 @@ def simulate_jungfrau_run(
     )
     scene = load_scene_class("spectroscopy" if kind == "spectroscopy" else "dark")(ctx)
     rng_beam = np.random.default_rng([plan["seed"], 1])
-    rng_det = np.random.default_rng([plan["seed"], 2])
+    # One generator per module; the illuminated module keeps the stream it always had.
+    rng_det = {m: np.random.default_rng([plan["seed"], 2] if m == mod else [plan["seed"], 2, m])
+               for m in jf["modules"]}
     cells = np.asarray(jf["cell_order"], np.uint8)
-    pulse_ids = beam_cfg.pulse_ids()
-    gain_mode = sources.JF_GAIN_MODE[0 if forced is None else forced]
+    # The bunch each frame sees (JUNGFRAU records no pulse ID; the spectroscopy finds it
+    # from the bunch pattern the same way: first X-ray pulse + k · stride).
+    first_bucket = getattr(beam_cfg, "first_bucket", None)
+    if first_bucket is None:
+        pulse_ids = beam_cfg.pulse_ids()
+    else:
+        k = np.arange(n_cells, dtype=np.int64) - int(getattr(beam_cfg, "reference_frame", 0))
+        pulse_ids = (int(first_bucket) + beam_cfg.pulse_stride * k).astype(np.uint64)
     prov = provenance(config or sim_cfg, simulated_run=run, run_type=kind)
-    src = sources.JF_RAW_SOURCE.format(module=mod)
+    all_tids = plan["first_train_id"] + np.arange(plan["n_trains"], dtype=np.uint64)
+    ctrl_values, ctrl_strings, gain_mode = _control_values(
+        all_tids.size, n_cells, int(cells[0]), forced, jf["control_vocabulary"], wanted_mode)
     frame_truth: dict[str, list[np.ndarray]] = {
         k: [] for k in ("trainId", "pulseId", "cellId", "frameNumber", "xray", "ppl", "pulse_energy", "photons_total")}
     written: list[Path] = []
+    no_light = np.zeros((n_cells,) + JF_SHAPE, np.float32)
     t0 = time.monotonic()
     frame_number = 0
-    for seq in range(plan["n_sequences"]):
-        t_lo = seq * plan["trains_per_sequence"]
-        t_hi = min(plan["n_trains"], t_lo + plan["trains_per_sequence"])
-        tids = plan["first_train_id"] + np.arange(t_lo, t_hi, dtype=np.uint64)
-        meta = dict(proposal=proposal, run=run, sequence=seq, run_type=f"simulated {kind}")
-        ones = np.ones(tids.size, np.uint64)
-        w = EuXFELWriter(run_dir / sources.jf_raw_filename(run, mod, seq), tids, prov, **meta)
-        da = EuXFELWriter(run_dir / sources.da_filename(run, seq), tids, prov, **meta)
-        try:
-            w.add_instrument(src, ones, {
-                "data.adc": (np.uint16, (n_cells,) + JF_SHAPE),
-                "data.memoryCell": (np.uint8, (n_cells,)),
-                "data.frameNumber": (np.uint64, (n_cells,)),
-                "data.timestamp": (np.float64, (n_cells,)),
-            }, chunk_rows=1)
-            # Same beam-data layout as the AGIPD runs, so annotate.pulse_flags works.
-            add_beam_sources(da, tids.size, plan["photon_energy_kev"])
-            da.add_control(sources.JF_CONTROL, {
-                "storageCells": np.full(tids.size, n_cells - 1, np.int32),
-                "storageCellStart": np.full(tids.size, int(cells[0]), np.int32),
-                "exposureTime": np.full(tids.size, 10e-6),
-            }, run_values={"gainMode": gain_mode})
-            xgm_rows, bp_rows = [], []
-            for k, tid in enumerate(tids):
-                ti = t_lo + k
-                beam, table, xgm = make_train_beam(beam_cfg, ti, int(tid), plan["n_trains"], rng_beam)
-                xgm_rows.append(xgm)
-                bp_rows.append(table)
-                photons = scene.photons(beam)[:, 0]
-                raw, _ = raw_frames(truth, photons, cells, rng_det, forced_gain=forced)
-                fn = frame_number + np.arange(n_cells, dtype=np.uint64)
-                frame_number += n_cells
-                w.write_train(src, k, {
-                    "data.adc": raw[None],
-                    "data.memoryCell": cells[None],
-                    "data.frameNumber": fn[None],
-                    "data.timestamp": (float(tid) * 0.1 + np.arange(n_cells) * beam_cfg.pulse_spacing_s)[None],
-                })
-                frame_truth["trainId"].append(np.full(n_cells, tid, np.uint64))
-                frame_truth["pulseId"].append(pulse_ids)
-                frame_truth["cellId"].append(cells)
-                frame_truth["frameNumber"].append(fn)
-                frame_truth["xray"].append(beam.xray)
-                frame_truth["ppl"].append(beam.ppl)
-                frame_truth["pulse_energy"].append(beam.pulse_energy_uj)
-                frame_truth["photons_total"].append(photons.sum(axis=(1, 2)))
-                if (ti + 1) % 10 == 0 or ti + 1 == plan["n_trains"]:
-                    rate = (ti + 1) / (time.monotonic() - t0)
-                    progress.info("run %d: %d/%d JUNGFRAU trains simulated (%.1f trains/s)",
-                                  run, ti + 1, plan["n_trains"], rate)
-            fill_beam_sources(da, xgm_rows, bp_rows)
-        except BaseException:
-            w.abort()
-            da.abort()
-            raise
-        w.close()
-        da.close()
-        written += [w._atomic.path, da._atomic.path]
+    meta = dict(proposal=proposal, run=run, run_type=f"simulated {kind}")
+    ctrl = EuXFELWriter(run_dir / jfd.control_filename(run), all_tids, prov, sequence=0, **meta)
+    try:
+        ctrl.add_control(det.control_source, ctrl_values, run_values=ctrl_strings)
+        for seq in range(plan["n_sequences"]):
+            t_lo = seq * plan["trains_per_sequence"]
+            t_hi = min(plan["n_trains"], t_lo + plan["trains_per_sequence"])
+            tids = all_tids[t_lo:t_hi]
+            ones = np.ones(tids.size, np.uint64)
+            writers = {m: EuXFELWriter(run_dir / jfd.raw_filename(run, m, seq), tids, prov, sequence=seq, **meta)
+                       for m in jf["modules"]}
+            da = EuXFELWriter(run_dir / sources.da_filename(run, seq), tids, prov, sequence=seq, **meta)
+            try:
+                for m, w in writers.items():
+                    w.add_instrument(det.raw_source(m), ones, {
+                        "data.adc": (np.uint16, (n_cells,) + JF_SHAPE),
+                        "data.gain": (np.uint8, (n_cells,) + JF_SHAPE),
+                        "data.memoryCell": (np.uint8, (n_cells,)),
+                        "data.frameNumber": (np.uint64, (n_cells,)),
+                        "data.timestamp": (np.float64, (n_cells,)),
+                    }, chunk_rows=1)
+                # Same beam-data layout as the AGIPD runs, so annotate.pulse_flags works.
+                add_beam_sources(da, tids.size, plan["photon_energy_kev"], profile)
+                xgm_rows, bp_rows = [], []
+                for k, tid in enumerate(tids):
+                    ti = t_lo + k
+                    beam, table, xgm = make_train_beam(beam_cfg, ti, int(tid), plan["n_trains"], rng_beam)
+                    xgm_rows.append(xgm)
+                    bp_rows.append(table)
+                    photons = scene.photons(beam)[:, 0]
+                    fn = frame_number + np.arange(n_cells, dtype=np.uint64)
+                    frame_number += n_cells
+                    stamps = float(tid) * 0.1 + np.arange(n_cells) * beam_cfg.pulse_spacing_s
+                    for m, w in writers.items():
+                        adc, gain, _ = raw_frames(truths[m], photons if m == mod else no_light, cells,
+                                                  rng_det[m], forced_gain=forced)
+                        w.write_train(det.raw_source(m), k, {
+                            "data.adc": adc[None],
+                            "data.gain": gain[None],
+                            "data.memoryCell": cells[None],
+                            "data.frameNumber": fn[None],
+                            "data.timestamp": stamps[None],
+                        })
+                    frame_truth["trainId"].append(np.full(n_cells, tid, np.uint64))
+                    frame_truth["pulseId"].append(pulse_ids)
+                    frame_truth["cellId"].append(cells)
+                    frame_truth["frameNumber"].append(fn)
+                    frame_truth["xray"].append(beam.xray)
+                    frame_truth["ppl"].append(beam.ppl)
+                    frame_truth["pulse_energy"].append(beam.pulse_energy_uj)
+                    frame_truth["photons_total"].append(photons.sum(axis=(1, 2)))
+                    if (ti + 1) % 10 == 0 or ti + 1 == plan["n_trains"]:
+                        rate = (ti + 1) / (time.monotonic() - t0)
+                        progress.info("run %d: %d/%d JUNGFRAU trains simulated (%.1f trains/s, %d modules)",
+                                      run, ti + 1, plan["n_trains"], rate, len(writers))
+                fill_beam_sources(da, xgm_rows, bp_rows, profile)
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                da.abort()
+                raise
+            for w in writers.values():
+                w.close()
+                written.append(w._atomic.path)
+            da.close()
+            written.append(da._atomic.path)
+    except BaseException:
+        ctrl.abort()
+        raise
+    ctrl.close()
+    written.append(ctrl._atomic.path)
 
     truth_json = {
         "run": run,
         "type": kind,
         "detector": "JUNGFRAU",
+        "detector_name": det.name,
         "module": mod,
+        "modules": jf["modules"],
         "gain": forced,
         "gain_mode": gain_mode,
+        "control_source": det.control_source,
+        "control_vocabulary": jf["control_vocabulary"],
+        "recorded_gain_mode": ctrl_strings,
         "proposal": proposal,
         "n_trains": plan["n_trains"],
         "n_sequences": plan["n_sequences"],
