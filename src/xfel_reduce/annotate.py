@@ -30,6 +30,7 @@ COLUMNS: dict[str, np.dtype] = {
     "hit": np.dtype(np.bool_),
     "hit_threshold": np.dtype(np.float32),
     "modules_present": np.dtype(np.int16),
+    "nan_pixels": np.dtype(np.int32),
     "beam_data": np.dtype(np.bool_),
     "beam_source": np.dtype(np.uint8),
 }
@@ -297,6 +298,7 @@ def annotate_sequence(reader, cfg: AnnotationConfig, beam_table=None, trains_per
         t = empty_table(len(chunk))
         t.update(trainId=chunk.train_ids, pulseId=chunk.pulse_ids, cellId=chunk.cell_ids,
                  photons=photons, lit_pixels=lit, modules_present=chunk.present.sum(axis=1),
+                 nan_pixels=chunk.nan_pixels,
                  **frame_beam_columns(beam_table, chunk.train_ids, chunk.cell_ids, cfg))
         t["n_peaks"][:] = -1
         parts.append(t)

@@ -50,7 +50,7 @@ from .io import sources
 from .io.euxfel import AtomicH5File
 from .io.provenance import attach_provenance
 from .io.redu import read_partials, write_frame_table, write_partials
-from .io.runs import InputDataError, open_file, read_dataset
+from .io.runs import InputDataError, read_dataset
 
 log = logging.getLogger(__name__)
 

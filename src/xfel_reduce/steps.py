@@ -305,6 +305,8 @@ def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path
         "xray_frames_decided_by": _decided_by(t),
         "trains": int(np.unique(t["trainId"]).size),
         "bytes_in": bytes_in,
+        # RAW detector files when the run has them, else the facility's proc files
+        "bytes_in_from": "raw" if all(Path(p).name.startswith("RAW-") for p in raw_files) else "proc",
         "bytes_out": bytes_out,
         "reduction_ratio": ratio,
         "hit_rate": (hits / n_x) if (n_x and hits is not None) else None,

@@ -9,7 +9,7 @@ def dark_inputs(wildcards):
 rule dark:
     input:
         files=dark_inputs,
-        gain=config["calibration"]["gain_constants"],
+        gain=config["calibration"].get("gain_constants", "agipd_gain_constants.h5"),
     output: os.path.join(RESULTS, "calibration", "constants", "AGIPD{module}.h5")
     params: dark_dirs=[raw_dir(r) for r in DARK_RUNS]
     log: os.path.join(RESULTS, "logs", "dark", "AGIPD{module}.log")

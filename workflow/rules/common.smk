@@ -29,7 +29,7 @@ SIM = config.get("simulate", {}) if config.get("simulate", {}).get("enabled", Fa
 SIM_RUNS = {int(r["run"]): r for r in iter_runs(SIM)} if SIM else {}
 RUNS = {int(r["run"]): r for r in config["runs"]}
 RUN_IDS = [f"{r:04d}" for r in RUNS]
-DARK_RUNS = [int(r) for r in config["calibration"]["dark_runs"]]
+DARK_RUNS = [int(r) for r in config["calibration"].get("dark_runs", [])]
 USE_PROC = config["calibration"]["source"] == "proc"
 PROC_DIR = config["calibration"].get("proc_dir") or os.path.join(PROPOSAL, "proc")
 
@@ -111,9 +111,11 @@ def _train_files(run):
         names = [str(p) for p in expected if "/raw/" in str(p)]
         return [p for p in names if not re.search(r"-(AGIPD|JNGFR|LPD|DSSC|EPIX)\d\d-S\d{5}\.h5$", p)]
     found = [str(p) for p in listing(raw_dir(run))]
-    if not found:
+    if not found and not USE_PROC:
         raise ValueError(f"run {run}: no train-level files (DA01, …CTRL00) in {raw_dir(run)}: "
                          "check runs/proposal_dir in the config")
+    # proc data without the RAW run: the annotation needs declared X-ray frames
+    # (annotation.xray_frames) and says so if they are not
     return found
 
 
@@ -148,6 +150,9 @@ def run_raw_files(run):
         det = [jf_raw_file(r, s) for s in seqs]
     else:
         det = [raw_file(r, m, s) for s in seqs for m in MODULES]
+        if USE_PROC and not all(os.path.exists(p) for p in det):
+            # proc alone is enough: the bytes in are then those of the proc files
+            det = [corr_file(r, m, s) for s in seqs for m in MODULES]
     return det + train_files(r)
 
 

@@ -165,7 +165,7 @@ def iter_jungfrau_chunks(
     keys = ["data.adc", "data.gain", "data.memoryCell", "data.frameNumber"]
     if not raw:
         keys.append("data.mask")
-    if "data.timestamp" in sd.keys():
+    if "data.timestamp" in sd:
         keys.append("data.timestamp")
     for start in range(0, tids_all.size, trains_per_chunk):
         tids = tids_all[start:start + trains_per_chunk]
@@ -441,7 +441,7 @@ def correct_sequence(
         "data.memoryCell": (np.uint8, (n_cells,)),
         "data.frameNumber": (np.uint64, (n_cells,)),
     }
-    has_time = "data.timestamp" in f[src.name].keys()
+    has_time = "data.timestamp" in f[src.name]
     if has_time:
         keys["data.timestamp"] = (np.float64, (n_cells,))
     t0 = time.monotonic()

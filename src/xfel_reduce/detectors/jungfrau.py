@@ -375,11 +375,11 @@ def read_run_gain_mode(run_dir: str | os.PathLike, control: str) -> tuple[GainMo
     runs written without one, in the ``DA`` aggregators — by source name, never by
     pairing sequence numbers with the module files.
     """
-    import extra_data
+    from ..io.runs import open_file
 
     files = control_files(run_dir) or sorted(Path(run_dir).glob("RAW-R*-DA*-S*.h5"))
     for path in files:
-        mode = read_gain_mode(extra_data.H5File(str(path)), control)
+        mode = read_gain_mode(open_file(path), control)
         if mode is not None:
             return mode, files
     return None, files

@@ -9,6 +9,7 @@ not read here: they come from the whole run by train ID (:mod:`xfel_reduce.beam`
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -16,11 +17,35 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..calibrate.badpixels import BadPixels
-from . import sources
 from .runs import InputDataError, open_file, read_dataset
 
 MODULE_SHAPE = (512, 128)
 _NO_DATA = np.uint32(BadPixels.MODULE_MISSING | BadPixels.VALUE_IS_NAN)
+#: Corrected-module source names: facility proc (``…/CORR/3CH0:output``) and legacy proc,
+#: which kept the raw name (``…/DET/3CH0:xtdf``, extra-data's legacy sources).
+_CORR_SOURCE_RE = re.compile(r"^(?P<det>[^/]+)/(CORR/(?P<m1>\d+)CH0:output|DET/(?P<m2>\d+)CH0:xtdf)$")
+
+
+def corr_source(f, module: int, path: Path) -> str:
+    """The corrected source of ``module`` in a CORR file (modern or legacy name).
+
+    A modern proc file may carry both (extra-data links the legacy name to the new
+    one); the ``CORR`` name wins.
+    """
+    found = {}
+    for src in f.instrument_sources:
+        m = _CORR_SOURCE_RE.match(src)
+        if m and int(m.group("m1") or m.group("m2")) == module:
+            found["legacy" if m.group("m2") else "modern"] = src
+    if not found:
+        raise InputDataError(f"{path} has no corrected source of module {module} "
+                             "(…/CORR/{module}CH0:output or legacy …/DET/{module}CH0:xtdf): "
+                             "not a CORR file of that module")
+    src = found.get("modern") or found["legacy"]
+    if "modern" not in found and np.issubdtype(f[src, "image.data"].dtype, np.integer):
+        raise InputDataError(f"{path}: {src} holds raw (integer) data, not corrected frames: "
+                             "point calibration.proc_dir at the proc folder, or use calibration.source: raw")
+    return src
 
 
 @dataclass
@@ -35,6 +60,9 @@ class FrameChunk:
         ``(n_frames, n_modules, 512, 128)`` float32 photons / uint32 bad-pixel bits.
     present
         ``(n_frames, n_modules)``: module recorded this frame.
+    nan_pixels
+        Per frame: pixels of present modules whose value is NaN (facility proc data
+        mark some bad pixels so); they carry VALUE_IS_NAN in ``mask``.
     chunk_train_ids
         The trains of the chunk.
     """
@@ -45,6 +73,7 @@ class FrameChunk:
     data: np.ndarray
     mask: np.ndarray
     present: np.ndarray
+    nan_pixels: np.ndarray
     chunk_train_ids: np.ndarray
 
     def __len__(self) -> int:
@@ -69,10 +98,7 @@ class SequenceFrames:
         self.paths = {m: Path(corr_files[m]) for m in self.modules}
         self.sources = {}
         for m, f in self.files.items():
-            src = sources.CORR_SOURCE.format(module=m)
-            if src not in f.instrument_sources:
-                raise InputDataError(f"{corr_files[m]} has no source {src}: not a CORR file of module {m}")
-            self.sources[m] = f[src]
+            self.sources[m] = f[corr_source(f, m, self.paths[m])]
         tids = np.unique(np.concatenate([np.asarray(f.train_ids, np.uint64) for f in self.files.values()]))
         if train_ids is not None:
             tids = np.intersect1d(tids, np.asarray(train_ids, np.uint64))
@@ -102,6 +128,7 @@ class SequenceFrames:
             mask = np.empty((n, n_mod) + MODULE_SHAPE, np.uint32)
             present = np.zeros((n, n_mod), bool)
             cells = np.zeros(n, np.uint16)
+            nan_pixels = np.zeros(n, np.int32)
             # Encode (train, pulse) as one sortable key to find each module row's frame.
             key_all = frame_keys[:, 0] * np.uint64(1 << 16) + frame_keys[:, 1]
             for j, m in enumerate(self.modules):
@@ -109,8 +136,14 @@ class SequenceFrames:
                 if pid.size == 0:
                     continue
                 rows = np.searchsorted(key_all, have_t * np.uint64(1 << 16) + pid)
-                data[rows, j] = read_dataset(sd["image.data"], self.paths[m], "image.data")
-                mask[rows, j] = read_dataset(sd["image.mask"], self.paths[m], "image.mask")
+                block = read_dataset(sd["image.data"], self.paths[m], "image.data")
+                bits = read_dataset(sd["image.mask"], self.paths[m], "image.mask")
+                nan = np.isnan(block)
+                if nan.any():  # NaN is a bad pixel, flagged, never a value
+                    bits |= nan.astype(np.uint32) * np.uint32(BadPixels.VALUE_IS_NAN)
+                    nan_pixels[rows] += nan.sum(axis=(1, 2), dtype=np.int32)
+                data[rows, j] = block
+                mask[rows, j] = bits
                 cells[rows] = read_dataset(sd["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
                 present[rows, j] = True
             if not present.all():
@@ -123,5 +156,6 @@ class SequenceFrames:
                 data=data,
                 mask=mask,
                 present=present,
+                nan_pixels=nan_pixels,
                 chunk_train_ids=tids,
             )
