@@ -145,10 +145,7 @@ def sequence_beam(config: dict, train_files: Sequence[Path], train_ids: np.ndarr
         log.warning("%s has no %s: X-ray frames as declared (annotation.xray_frames)", where,
                     " and no ".join(missing))
         return None
-    srcs = beam.BeamSources(sase=rs.sase, detector_control=rs.agipd_control, timeserver=rs.timeserver,
-                            pp_decoder=rs.pulse_pattern_decoder, xgm=rs.xgm, litfrm=rs.lit_frame_finder,
-                            ppl_bit=rs.ppl_bit, instrument=rs.instrument.name)
-    return beam.train_beam(dc, srcs, train_ids)
+    return beam.train_beam(dc, beam.BeamSources.from_run_sources(rs), train_ids)
 
 
 def annotate_chunk(config: dict, corr_files: Sequence[Path], train_files: Sequence[Path], output: Path) -> None:

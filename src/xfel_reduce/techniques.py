@@ -29,25 +29,62 @@ SFX_SOURCE = "SPB_XFEL_REDU/SFX/PEAKS:output"
 
 
 def run_setup(config: dict, run: int) -> dict:
-    """Distance and photon energy of a run.
+    """Distance and photon energy of a run, and what decided each.
 
-    Taken from the run's entry in ``runs`` if given there, else from the simulation
-    plan of a simulated run, else from the ``geometry`` section.
+    In this order: the run's entry in ``runs``; the simulation plan of a simulated
+    run; for the photon energy, the XGM's ``pulseEnergy.wavelengthUsed`` recorded in
+    the RAW run; the ``geometry`` section. Neither is ever guessed: a q-based
+    technique without a distance (or energy) stops with the key to set. The result
+    goes into the outputs' provenance (``setup``).
     """
+    from .config import ConfigError
+
     entry = next((r for r in config["runs"] if int(r["run"]) == int(run)), {})
-    out = {"distance_m": entry.get("distance_m"), "photon_energy_kev": entry.get("photon_energy_kev")}
+    out: dict = {"decided": {}}
+    for key in ("distance_m", "photon_energy_kev"):
+        if entry.get(key):
+            out[key], out["decided"][key] = float(entry[key]), f"config runs[{run}].{key}"
     sim = config.get("simulate", {})
     if sim.get("enabled"):
         from .simulate.beamtime import iter_runs, run_plan
         for rc in iter_runs(sim):
             if int(rc["run"]) == int(run):
                 plan = run_plan(sim, rc)
-                out["distance_m"] = out["distance_m"] or plan["distance_m"]
-                out["photon_energy_kev"] = out["photon_energy_kev"] or plan["photon_energy_kev"]
+                for key in ("distance_m", "photon_energy_kev"):
+                    if key not in out:
+                        out[key], out["decided"][key] = float(plan[key]), "simulation plan"
+    if "photon_energy_kev" not in out:
+        kev = _recorded_photon_energy(config, run)
+        if kev is not None:
+            out["photon_energy_kev"], out["decided"]["photon_energy_kev"] = kev, "XGM pulseEnergy.wavelengthUsed"
     geo = config.get("geometry", {})
-    out["distance_m"] = float(out["distance_m"] or geo.get("distance_m", 0.5))
-    out["photon_energy_kev"] = float(out["photon_energy_kev"] or geo.get("photon_energy_kev", 9.3))
+    for key in ("distance_m", "photon_energy_kev"):
+        if key not in out and geo.get(key):
+            out[key], out["decided"][key] = float(geo[key]), f"config geometry.{key}"
+        if key not in out:
+            raise ConfigError(
+                f"run {run}: {'the sample-detector distance' if key == 'distance_m' else 'the photon energy'} "
+                f"is unknown{'' if key == 'distance_m' else ' (no XGM wavelength recorded in the run)'}: set "
+                f"`{key}` in the run's entry of `runs` (or `geometry.{key}` for all runs)")
     return out
+
+
+def _recorded_photon_energy(config: dict, run: int) -> float | None:
+    """Photon energy (keV) from the run's XGM ``pulseEnergy.wavelengthUsed`` (nm), if recorded."""
+    from .io import discovery
+    from .io.trains import open_train_data, resolve_sources, train_files
+
+    raw = Path(config["proposal_dir"]) / "raw" / f"r{int(run):04d}"
+    files = train_files(raw)
+    if not files:
+        return None
+    dc = open_train_data(raw, files)
+    xgm = resolve_sources(config, dc, str(raw)).xgm
+    device = xgm.split(":", 1)[0] if xgm else None
+    if not device or device not in dc.control_sources or "pulseEnergy.wavelengthUsed" not in dc[device]:
+        return None
+    nm = float(dc[device, "pulseEnergy.wavelengthUsed"].as_single_value(rtol=1e-3))
+    return discovery.photon_energy_kev(nm) if nm > 0 else None
 
 
 def _reader(config: dict, corr_files: Sequence[Path]) -> SequenceFrames:
@@ -84,7 +121,7 @@ def sfx_chunk(config: dict, run: int, corr_files: Sequence[Path], annotation_fil
     geom = geometry.geometry_from_config(config.get("geometry", {}))
     finder = sfx.PeakFinder(sfx.radius_map_px(geom, mods), params)
     annot, rows = _annotation_lookup(annotation_file)
-    prov = provenance(config, list(corr_files) + [annotation_file], step="sfx_chunk", run=run)
+    prov = provenance(config, list(corr_files) + [annotation_file], step="sfx_chunk", run=run, setup=setup)
     reader = _reader(config, corr_files)
     with cxi.CxiHitWriter(out_cxi, modules=mods, provenance=prov, max_peaks=params.max_num_peaks,
                           photon_energy_kev=setup["photon_energy_kev"], distance_m=setup["distance_m"],
@@ -113,7 +150,7 @@ def sfx_run(config: dict, run: int, cxi_files: Sequence[Path], tables: Sequence[
     stats = sfx.hit_statistics(cat["trainId"], cat["pulseId"], cat["n_peaks"], cat["hit"], xray=cat["xray"])
     stats = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in stats.items()}
     stats["events_in_lst"] = n
-    stats["provenance"] = provenance(config, list(cxi_files) + list(tables), step="sfx_run", run=run)
+    stats["provenance"] = provenance(config, list(cxi_files) + list(tables), step="sfx_run", run=run, setup=setup)
     write_json(out_stats, stats, default=float)
     return stats
 

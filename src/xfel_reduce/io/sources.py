@@ -15,12 +15,17 @@ ANNOTATION_SOURCE = "SPB_XFEL_REDU/ANNOTATION/FRAMES:output"
 REPETITION_RATE_MHZ = {1: 4.5, 2: 2.2, 4: 1.1, 8: 0.5}
 
 
+#: The same, keyed as extra-redu's lit-frame finder reads the rate (one decimal).
+RATE_TO_STRIDE = {f"{rate:.1f}": stride for stride, rate in REPETITION_RATE_MHZ.items()}
+
+
 def stride_of_rate(rate_mhz: float) -> int:
     """Frame stride (4.5 MHz buckets) of a recorded AGIPD repetition rate."""
-    for stride, rate in REPETITION_RATE_MHZ.items():
-        if abs(rate - float(rate_mhz)) < 0.05:
-            return stride
-    raise ValueError(f"repetitionRate {rate_mhz} MHz is not one of {sorted(REPETITION_RATE_MHZ.values())}")
+    try:
+        return RATE_TO_STRIDE[f"{float(rate_mhz):.1f}"]
+    except KeyError:
+        raise ValueError(f"repetitionRate {rate_mhz} MHz is not one of "
+                         f"{sorted(REPETITION_RATE_MHZ.values())}") from None
 
 
 #: AGIPD ``gainModeIndex``: 0 adaptive, then fixed high, medium, low gain.
