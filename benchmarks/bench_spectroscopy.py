@@ -36,22 +36,24 @@ def main(n_trains: int = 4, repeats: int = 2) -> dict:
     beam_cfg = BeamConfig(frames_per_train=16)
     rng = np.random.default_rng(0)
     cells = np.array(jfsim.jungfrau_settings({})["cell_order"], np.uint8)
-    raws = []
+    raws, gains = [], []
     for t in range(n_trains):
         beam, _, _ = make_train_beam(beam_cfg, t, 1000 + t, n_trains, rng)
-        raws.append(jfsim.raw_frames(truth, scene.photons(beam)[:, 0], cells, rng)[0])
-    raw = np.concatenate(raws)
+        adc, gain, _ = jfsim.raw_frames(truth, scene.photons(beam)[:, 0], cells, rng)
+        raws.append(adc)
+        gains.append(gain)
+    raw, gain = np.concatenate(raws), np.concatenate(gains)
     cell_ids = np.tile(cells, n_trains)
     cfg = sp.SpectroscopyConfig(roi=(140, 372, 0, 1024), photon_threshold=0.5)
     shifts = sp.row_shifts([0.02, 1e-4], np.arange(140, 372), 256.0)
     n = raw.shape[0]
 
     def fast():
-        data, _, mask = jfc.correct_frames(raw, cell_ids, consts)
+        data, _, mask = jfc.correct_frames(raw, gain, cell_ids, consts)
         return sp.project(data, mask, cfg, shifts)[0]
 
     def ref():
-        data, _, mask = jfc.correct_reference_numpy(raw, cell_ids, consts)
+        data, _, mask = jfc.correct_reference_numpy(raw, gain, cell_ids, consts)
         return sp.project_reference_numpy(data, mask, cfg, shifts)[0]
 
     fast()  # compile / warm caches

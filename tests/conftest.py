@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from xfel_reduce import steps
+from xfel_reduce.config import modules_of
 from xfel_reduce.io import sources
 from xfel_reduce.io.trains import train_files
 
@@ -29,7 +30,7 @@ def reduce_run(cfg: dict, run: int) -> dict:
     from xfel_reduce.simulate.beamtime import iter_runs, run_plan
 
     pd, res = Path(cfg["proposal_dir"]), Path(cfg["results_dir"])
-    mods = steps.modules_of(cfg)
+    mods = modules_of(cfg)
     out: dict = {"cfg": cfg, "proposal": pd, "results": res}
     if not (pd / "calib" / "agipd_gain_constants.h5").exists():
         steps.simulate_detector(cfg)

@@ -145,3 +145,33 @@ def test_every_shipped_config_builds_its_dag(config, profile, tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "Job stats" in out or "Nothing to be done" in out
+
+
+@pytest.mark.parametrize("instrument", ["SPB", "FXE", "HED"])
+def test_jungfrau_spectroscopy_dag_at_instrument(instrument, tmp_path):
+    """A JUNGFRAU spectroscopy run on real-data placeholders (module, control and DA
+    aggregators as the facility names them) builds its DAG at each JUNGFRAU instrument."""
+    pd = tmp_path / "proposal"
+    for run in (4, 5, 6, 20):
+        raw = pd / "raw" / f"r{run:04d}"
+        raw.mkdir(parents=True)
+        for agg in ("JNGFR01", "JNGFRCTRL00", "DA01"):
+            (raw / f"RAW-R{run:04d}-{agg}-S00000.h5").touch()
+    (pd / "jf_gain.h5").touch()
+    cfg = {
+        "proposal_dir": str(pd), "results_dir": str(tmp_path / "results"), "modules": 1,
+        "instrument": instrument, "runs": [{"run": 20, "technique": "spectroscopy"}],
+        "calibration": {"source": "raw", "dark_runs": [1, 2, 3], "memory_cells": 16,
+                        "gain_constants": str(pd / "jf_gain.h5"),
+                        "jungfrau": {"dark_runs": [4, 5, 6], "memory_cells": 16,
+                                     "gain_constants": str(pd / "jf_gain.h5")}},
+        "annotation": {}, "spectroscopy": {"module": 1}, "simulate": {"enabled": False},
+    }
+    p = tmp_path / "jf.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    res = _snakemake("-n", "--nolock", "--configfile", str(p), "--cores", "2")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    for rule in ("jungfrau_dark", "jungfrau_correct", "spectroscopy_reduce", "spectroscopy_run"):
+        assert rule in out
+    assert "RAW-R0020-JNGFRCTRL00-S00000.h5" in out

@@ -407,9 +407,11 @@ def test_simulated_run_raw_and_proc(tiny_reduced):
     assert info.n_trains == 8 and info.instrument == "SPB"
     assert info.aggregators["AGIPD00"]["sequences"] == [0, 1]
     (ctrl,) = det.controls
-    assert ctrl.source == "SPB_IRU_AGIPD1M1/MDL/FPGA_COMP" and ctrl.aggregators == ["DA01"]
+    # the simulator writes what the facility writes: AGIPD control in its own aggregator
+    assert ctrl.source == "SPB_IRU_AGIPD1M1/MDL/FPGA_COMP" and ctrl.aggregators == ["AGIPD1MCTRL00"]
     assert ctrl.settings["bunchStructure.nPulses"] == 4
-    assert info.timeservers[0].source == "SPB_RR_SYS/TSYS/UTC-1-S2:outputBunchPattern"
+    assert info.timeservers[0].source == "SPB_RR_SYS/TSYS/TIMESERVER:outputBunchPattern"
+    assert info.xgms[0].sase_resolved
     assert info.xgms[0].source == "SPB_XTD9_XGM/XGM/DOOCS"
     assert info.photon_energy_kev is not None and 3 < info.photon_energy_kev < 25
     assert any("module(s) 2–15 missing" in p for p in info.problems)

@@ -194,3 +194,31 @@ def test_nonexistent_run_is_reported(tmp_path):
 
     with pytest.raises(InputDataError, match=r"r0099 does not exist.*run number"):
         require_run_dir(tmp_path / "raw" / "r0099")
+
+
+@pytest.mark.parametrize("fault", ["train_id_zero", "out_of_order"])
+def test_daq_faults_are_flagged_not_fatal(tmp_path, fault):
+    """A module file with a trainId-0 row or a non-increasing train ID (faults the
+    facility's files show): the run reduces, every good frame keeps its row, and the
+    affected module's frames of that train are flagged as missing, not mixed in."""
+    from conftest import reduce_run, tiny_config
+
+    cfg = tiny_config(tmp_path)
+    cfg["simulate"]["runs"][0]["faults"] = {fault: {"module": 1, "train_index": 2}}
+    r = reduce_run(cfg, 10)
+    t = _run_table(r)
+    tids = np.unique(t["trainId"])
+    good = tids[tids < tids.min() + 8]
+    assert 0 not in tids and good.size == 8 and np.all(np.diff(good) == 1)
+    incomplete = t["modules_present"] < 2
+    s = json.loads(r["summary"].read_text())
+    assert s["frames_incomplete"] == int(incomplete.sum())
+    if fault == "train_id_zero":
+        assert t["trainId"].size == 32 and s["trains"] == 8
+        assert incomplete.sum() == 4 and np.unique(t["trainId"][incomplete]).size == 1
+    else:
+        # the frames under the bogus train ID keep their rows, flagged: one module
+        # only, and no beam data (the train is not in the run's train-level data)
+        bogus = ~np.isin(t["trainId"], good)
+        assert bogus.sum() == 4 and not t["beam_data"][bogus].any() and not t["xray"][bogus].any()
+        assert incomplete[bogus].all()

@@ -18,6 +18,12 @@ class ConfigError(ValueError):
     """The configuration does not match the schema; the message names the key."""
 
 
+def modules_of(config: dict) -> list[int]:
+    """The config's detector modules: ``modules: 16`` means 0–15, or an explicit list."""
+    mods = config.get("modules", 16)
+    return list(range(mods)) if isinstance(mods, int) else [int(m) for m in mods]
+
+
 def load_schema(path: Path | None = None) -> dict:
     path = Path(path or SCHEMA_PATH)
     return yaml.safe_load(path.read_text())

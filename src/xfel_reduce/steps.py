@@ -17,7 +17,7 @@ from .aggregate import Moments
 from .calibrate import agipd
 from .calibrate.correct import CommonMode
 from .calibrate.dark import BadPixelRules
-from .config import HIT_FINDING_TECHNIQUES
+from .config import HIT_FINDING_TECHNIQUES, modules_of
 from .io import sources
 from .io.atomic import write_json
 from .io.euxfel import AtomicH5File
@@ -47,11 +47,6 @@ def setup_logging(log_file: str | Path | None, threads: int | None = None) -> lo
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return log
-
-
-def modules_of(config: dict) -> list[int]:
-    mods = config.get("modules", 16)
-    return list(range(mods)) if isinstance(mods, int) else [int(m) for m in mods]
 
 
 # -- simulation ---------------------------------------------------------------------
@@ -109,7 +104,7 @@ def correct_file(config: dict, module: int, raw: Path, constants: Path, output: 
 
 # -- annotation -----------------------------------------------------------------------
 def sequence_beam(config: dict, train_files: Sequence[Path], train_ids: np.ndarray,
-                  xray_frames: object = None):
+                  xray_frames: object = None, raw_dir: Path | None = None):
     """The beam table (:class:`xfel_reduce.beam.TrainBeam`) of a sequence's trains.
 
     Timeserver (or pulse-pattern decoder, or the recorded lit-frame finder), AGIPD
@@ -122,9 +117,9 @@ def sequence_beam(config: dict, train_files: Sequence[Path], train_ids: np.ndarr
     from .io.trains import open_train_data, resolve_sources
 
     paths = [Path(p) for p in train_files]
-    where = str(paths[0].parent) if paths else "the run"
+    where = str(raw_dir or (paths[0].parent if paths else "the run"))
     try:
-        dc = open_train_data(paths[0].parent if paths else ".", paths)
+        dc = open_train_data(raw_dir or (paths[0].parent if paths else where), paths)
     except InputDataError:
         if xray_frames is None:
             raise
@@ -148,14 +143,15 @@ def sequence_beam(config: dict, train_files: Sequence[Path], train_ids: np.ndarr
     return beam.train_beam(dc, beam.BeamSources.from_run_sources(rs), train_ids)
 
 
-def annotate_chunk(config: dict, corr_files: Sequence[Path], train_files: Sequence[Path], output: Path) -> None:
+def annotate_chunk(config: dict, corr_files: Sequence[Path], train_files: Sequence[Path], output: Path,
+                   raw_dir: Path | None = None) -> None:
     """Annotate one sequence: frame table + image partials (before hit flags)."""
     mods = modules_of(config)
     if len(corr_files) != len(mods):
         raise ValueError(f"{len(corr_files)} CORR files for {len(mods)} modules")
     reader = SequenceFrames(dict(zip(mods, map(Path, corr_files))))
     cfg = annotate.AnnotationConfig.from_dict(config.get("annotation"))
-    beam_table = sequence_beam(config, train_files, reader.train_ids, cfg.xray_frames)
+    beam_table = sequence_beam(config, train_files, reader.train_ids, cfg.xray_frames, raw_dir)
     table, images = annotate.annotate_sequence(reader, cfg, beam_table,
                                                int(config["calibration"].get("trains_per_chunk", 4)),
                                                progress=log)
@@ -264,10 +260,10 @@ def load_run_table(aggregate_file: Path) -> dict[str, np.ndarray]:
 
 
 def _decided_by(t: dict[str, np.ndarray]) -> dict[str, int] | None:
-    """Frames per beam source (what decided their X-ray flag), for the summary."""
+    """X-ray frames per beam source (what decided their X-ray flag), for the summary."""
     if "beam_source" not in t:
         return None
-    codes, counts = np.unique(t["beam_source"], return_counts=True)
+    codes, counts = np.unique(t["beam_source"][t["xray"].astype(bool)], return_counts=True)
     return {annotate.BEAM_SOURCES[int(c)]: int(n) for c, n in zip(codes, counts)}
 
 
@@ -300,6 +296,8 @@ def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path
                               if "modules_present" in t else None),
         "frames_without_beam_data": int((~t["beam_data"]).sum()) if "beam_data" in t else None,
         "xray_frames_decided_by": _decided_by(t),
+        "nan_pixels": ({"pixels": int(t["nan_pixels"].sum()), "frames": int((t["nan_pixels"] > 0).sum())}
+                       if "nan_pixels" in t else None),
         "trains": int(np.unique(t["trainId"]).size),
         "bytes_in": bytes_in,
         # RAW detector files when the run has them, else the facility's proc files

@@ -21,7 +21,7 @@ from .io.runs import InputDataError
 from .io.frames import SequenceFrames
 from .io.provenance import attach_provenance, provenance
 from .io.redu import read_frame_table, write_frame_table
-from .steps import modules_of
+from .config import modules_of
 
 log = logging.getLogger("xfel_reduce")
 

@@ -6,6 +6,7 @@ rule annotate_chunk:
         corr=lambda w: [corr_file(w.run, m, w.seq) for m in MODULES],
         train=lambda w: train_files(w.run),
     output: os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5")
+    params: raw_dir=lambda w: raw_dir(w.run)
     log: os.path.join(RESULTS, "logs", "r{run}", "annotate", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotate", "S{seq}.tsv")
     group: "chunk"

@@ -8,7 +8,7 @@ import re
 
 from xfel_reduce.simulate.beamtime import expected_files, iter_runs, run_plan
 from xfel_reduce.simulate.jungfrau import JUNGFRAU_RUN_TYPES, expected_jungfrau_files
-from xfel_reduce.steps import modules_of
+from xfel_reduce.config import modules_of
 
 # Conda environment for `--sdm conda` (path relative to the rule files)
 CONDA_ENV = "../../envs/xfel-reduce.yaml"

@@ -2,4 +2,5 @@
 from xfel_reduce import steps
 
 steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
-steps.annotate_chunk(snakemake.config, snakemake.input.corr, snakemake.input.train, snakemake.output[0])
+steps.annotate_chunk(snakemake.config, snakemake.input.corr, snakemake.input.train, snakemake.output[0],
+                     raw_dir=snakemake.params.raw_dir)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..io import sources
 from ..io.euxfel import EuXFELWriter, write_h5
-from ..io.runs import InputDataError, iter_module_chunks, open_file
+from ..io.runs import InputDataError, corr_name_of, iter_module_chunks, open_file, raw_module_source
 from .correct import CommonMode, CorrectionConstants, correct
 from .dark import BadPixelRules, CellMoments, DarkConstants, characterise, dark_run_files
 
@@ -125,9 +125,7 @@ def correct_sequence(
     """
     progress = progress or log
     f = open_file(raw_path)
-    src = sources.RAW_SOURCE.format(module=module)
-    if src not in f.instrument_sources:
-        raise InputDataError(f"{raw_path} has no source {src}: not module {module} of an AGIPD run")
+    src = raw_module_source(f, module, Path(raw_path))
     tids = np.asarray(f.train_ids, np.uint64)
     counts = np.asarray(f[src, "image.data"].data_counts(labelled=False), np.uint64)
     with h5py.File(raw_path, "r") as h5:
@@ -138,7 +136,7 @@ def correct_sequence(
             sequence=int(md["sequenceNumber"][0]) if "sequenceNumber" in md else 0,
             run_type="corrected",
         )
-    out_src = sources.CORR_SOURCE.format(module=module)
+    out_src = corr_name_of(src)
     t0 = time.monotonic()
     n_frames = 0
     with EuXFELWriter(corr_path, tids, prov, **meta) as w:
@@ -150,7 +148,7 @@ def correct_sequence(
             "image.pulseId": (np.uint64, ()),
         }, chunk_rows=1, compression=None)
         row = 0
-        for chunk_tids, chunk_counts, chunk in iter_module_chunks(raw_path, module, True, trains_per_chunk):
+        for chunk_tids, chunk_counts, chunk in iter_module_chunks(raw_path, module, True, trains_per_chunk, source=src):
             data, gain, mask = correct(chunk.data, chunk.cell_ids, constants,
                                        common_mode=common_mode, user_mask=user_mask)
             n = data.shape[0]

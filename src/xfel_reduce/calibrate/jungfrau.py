@@ -137,8 +137,8 @@ def iter_jungfrau_chunks(
 ) -> Iterator[JungfrauChunk]:
     """Stream a JUNGFRAU sequence file (RAW or CORR) in chunks of trains.
 
-    Memory is bounded by ``trains_per_chunk`` (one train is 16 frames, 24 MB raw,
-    40 MB corrected).  Trains whose row is missing are skipped with a warning, as the
+    Memory is bounded by ``trains_per_chunk`` (one train is 16 frames: 24 MB raw,
+    72 MB corrected).  Trains whose row is missing are skipped with a warning, as the
     DAQ does not guarantee every train.
 
     Parameters

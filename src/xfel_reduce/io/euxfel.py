@@ -25,7 +25,7 @@ import numpy as np
 
 from .provenance import attach_provenance
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.2"
 
 vlen_str = h5py.string_dtype("ascii")
 
@@ -176,6 +176,9 @@ class EuXFELWriter(StreamingWriter):
             timestamps = t0 + np.arange(n, dtype=np.uint64) * np.uint64(100_000_000)
         self.f["INDEX/timestamp"] = np.asarray(timestamps, dtype=np.uint64)
         self.f["INDEX/flag"] = np.ones(n, dtype=np.int32)
+        # format 1.2+: which DAQ node sent each train; -1 = not recorded (as the
+        # facility's mock writers do)
+        self.f["INDEX/origin"] = np.full(n, -1, dtype=np.int32)
         self._meta = dict(proposal=proposal, run=run, sequence=sequence, run_type=run_type)
         if provenance is not None:
             attach_provenance(self.f, provenance)

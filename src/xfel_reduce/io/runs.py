@@ -13,8 +13,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from . import sources
-
 
 class InputDataError(RuntimeError):
     """Input data are missing, corrupt or inconsistent (message says what to do)."""
@@ -47,6 +45,30 @@ def list_sequences(run_path: Path, aggregator: str = "AGIPD00") -> list[int]:
     return sorted(seqs)
 
 
+_RAW_MODULE_RE = re.compile(r"^(?P<det>[^/]+)/DET/(?P<m>\d+)CH0:xtdf$")
+
+
+def raw_module_source(f, module: int, path: Path) -> str:
+    """The raw source of AGIPD ``module`` in a RAW file, whatever the detector's name
+    (``SPB_DET_AGIPD1M-1/DET/3CH0:xtdf``, ``MID_DET_AGIPD1M-1/…``, ``HED_DET_AGIPD500K2G/…``)."""
+    found = [s for s in f.instrument_sources
+             if (m := _RAW_MODULE_RE.match(s)) and int(m.group("m")) == int(module)]
+    if len(found) != 1:
+        raise InputDataError(
+            f"{path}: {'no' if not found else 'several'} raw source of module {module} "
+            f"(…/DET/{module}CH0:xtdf; found {sorted(f.instrument_sources)}): not module "
+            f"{module} of an AGIPD run, or check `modules` in the config")
+    return found[0]
+
+
+def corr_name_of(raw_source: str) -> str:
+    """The facility's proc name of a raw module source: ``…/DET/3CH0:xtdf`` → ``…/CORR/3CH0:output``."""
+    m = _RAW_MODULE_RE.match(raw_source)
+    if not m:
+        raise ValueError(f"{raw_source} is not a raw AGIPD module source")
+    return f"{m.group('det')}/CORR/{m.group('m')}CH0:output"
+
+
 def open_file(path: str | Path, train_hint: str = ""):
     """``extra_data.H5File`` with a clear error for missing or corrupt files."""
     import extra_data
@@ -59,7 +81,9 @@ def open_file(path: str | Path, train_hint: str = ""):
             "(`modules` / `exclude_sequences`) or restore the file."
         )
     try:
-        return extra_data.H5File(str(path))
+        # Suspect trains (train IDs out of order, as DAQ faults leave them) are left
+        # out: their frames are then missing from that module and flagged as such.
+        return extra_data.H5File(str(path), inc_suspect_trains=False)
     except Exception as err:  # h5py raises OSError/KeyError variants for damage
         raise InputDataError(
             f"cannot read {path}: {type(err).__name__}: {err}. The file is truncated or "
@@ -108,7 +132,12 @@ def iter_module_chunks(
     by ``trains_per_chunk``.
     """
     f = open_file(path)
-    src = source or (sources.RAW_SOURCE if raw else sources.CORR_SOURCE).format(module=module)
+    if source is None:
+        from .frames import corr_source
+
+        src = raw_module_source(f, module, Path(path)) if raw else corr_source(f, module, Path(path))
+    else:
+        src = source
     if src not in f.instrument_sources:
         raise InputDataError(
             f"{path} has no source {src} (found {sorted(f.instrument_sources)}): "

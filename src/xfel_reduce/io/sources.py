@@ -1,13 +1,12 @@
-"""EuXFEL source names used at SPB with the AGIPD 1M (overridable in the config)."""
+"""EuXFEL file names and the project's own output sources.
+
+Source names of the facility's devices live in the instrument profiles
+(:data:`xfel_reduce.config.INSTRUMENTS`) and are resolved per run
+(:func:`xfel_reduce.io.trains.resolve_sources`); detector module sources are found in
+the files by their pattern (:func:`xfel_reduce.io.runs.raw_module_source`).
+"""
 from __future__ import annotations
 
-DETECTOR = "SPB_DET_AGIPD1M-1"
-RAW_SOURCE = DETECTOR + "/DET/{module}CH0:xtdf"
-CORR_SOURCE = DETECTOR + "/CORR/{module}CH0:output"
-AGIPD_CONTROL = "SPB_IRU_AGIPD1M1/MDL/FPGA_COMP"
-XGM_SOURCE = "SPB_XTD9_XGM/XGM/DOOCS:output"
-XGM_CONTROL = "SPB_XTD9_XGM/XGM/DOOCS"
-BUNCH_PATTERN_SOURCE = "SPB_RR_SYS/TSYS/UTC-1-S2:outputBunchPattern"
 ANNOTATION_SOURCE = "SPB_XFEL_REDU/ANNOTATION/FRAMES:output"
 
 #: AGIPD ``bunchStructure.repetitionRate`` (MHz, as the device records it) per frame
@@ -59,23 +58,5 @@ def corr_filename(run: int, module: int, sequence: int) -> str:
     return f"CORR-R{run:04d}-AGIPD{module:02d}-S{sequence:05d}.h5"
 
 
-# -- JUNGFRAU (spectroscopy, e.g. the von Hamos spectrometer at HED) ---------------
-#: JUNGFRAU detector name; raw source ``{JF_DETECTOR}/DET/JNGFR01:daqOutput`` and
-#: corrected ``…/CORR/JNGFR01:daqOutput`` as extra-data's JUNGFRAU component expects.
-JF_DETECTOR = "HED_IA1_JF500K1"
-JF_RAW_SOURCE = JF_DETECTOR + "/DET/JNGFR{module:02d}:daqOutput"
-JF_CORR_SOURCE = JF_DETECTOR + "/CORR/JNGFR{module:02d}:daqOutput"
-#: Slow control of the JUNGFRAU (gain mode, memory cells, exposure).
-JF_CONTROL = "HED_IA1_JF500K1/DET/CONTROL"
+# -- spectroscopy products (JUNGFRAU layout facts live in xfel_reduce.detectors.jungfrau) --
 SPECTRA_SOURCE = "HED_XFEL_REDU/SPECTROSCOPY/JNGFR{module:02d}:output"
-
-#: JUNGFRAU ``gainMode`` values written for dark runs: adaptive, then forced G1, G2.
-JF_GAIN_MODE = {0: "dynamicgain", 1: "forceswitchg1", 2: "forceswitchg2"}
-
-
-def jf_raw_filename(run: int, module: int, sequence: int) -> str:
-    return f"RAW-R{run:04d}-JNGFR{module:02d}-S{sequence:05d}.h5"
-
-
-def jf_corr_filename(run: int, module: int, sequence: int) -> str:
-    return f"CORR-R{run:04d}-JNGFR{module:02d}-S{sequence:05d}.h5"

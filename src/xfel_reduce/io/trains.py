@@ -46,7 +46,8 @@ def open_train_data(raw_dir: str | Path, files: Sequence[str | Path] | None = No
     """
     import extra_data
 
-    paths = [Path(p) for p in files] if files else train_files(raw_dir)
+    # an empty list given is "no train-level files", never "look in raw_dir" (nor in cwd)
+    paths = [Path(p) for p in files] if files is not None else train_files(raw_dir)
     if not paths:
         raise InputDataError(
             f"{raw_dir}: no train-level files (RAW-…-DA01-…, …CTRL00-…): the run's slow and "

@@ -313,6 +313,7 @@ def simulate_run(
         for m in modules:
             writers[m].close()
             written.append(writers[m]._atomic.path)
+        _inject_daq_faults(plan["faults"], run_dir, run, seq, t_lo, t_hi)
     written += write_train_data(run_dir, run, plan, profile, gain_mode, xgm_rows, bp_rows, prov,
                                 proposal=proposal, run_type=f"simulated {plan['type']}")
 
@@ -332,6 +333,42 @@ def simulate_run(
         "faults": plan["faults"],
     }
     return written + write_run_truth(proposal_dir, run, truth, frame_truth, scene, prov)
+
+
+def _inject_daq_faults(faults: dict, run_dir: Path, run: int, seq: int, t_lo: int, t_hi: int) -> None:
+    """DAQ faults seen in real files, written into a closed module file.
+
+    ``train_id_zero: {module, train_index}``: the train's INDEX row (and its frames'
+    ``trainId``) read 0, as when the DAQ lost a train's header.
+    ``out_of_order: {module, train_index}``: the train's ID jumps far ahead, so that the
+    next one is lower: a non-increasing train ID (extra-data marks it suspect).
+    """
+    import h5py
+
+    for kind in ("train_id_zero", "out_of_order"):
+        f = faults.get(kind)
+        if not f or not (t_lo <= int(f["train_index"]) < t_hi):
+            continue
+        k = int(f["train_index"]) - t_lo
+        with h5py.File(run_dir / sources.raw_filename(run, int(f["module"]), seq), "r+") as h5:
+            index = h5["INDEX/trainId"]
+            old = int(index[k])
+            new = 0 if kind == "train_id_zero" else old + 1_000_000
+            index[k] = new
+            # the per-row trainId of every group of every source follows its INDEX row
+            rows = [obj for obj in _datasets(h5["INSTRUMENT"]) if obj.name.endswith("/trainId")]
+            for ds in rows:
+                data = ds[()]
+                data[data == old] = new
+                ds[...] = data
+
+
+def _datasets(group) -> list:
+    import h5py
+
+    out: list = []
+    group.visititems(lambda _, obj: out.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    return out
 
 
 def write_train_data(run_dir: Path, run: int, plan: dict, profile: InstrumentProfile, gain_mode: int,
