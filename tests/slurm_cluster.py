@@ -58,8 +58,9 @@ INSTALL_HINT = (
 # MinJobAge keeps finished jobs visible to `squeue` (there is no accounting
 # database, so squeue is the only status source).  Snakemake's SLURM executor
 # falls back to sacct unless MinJobAge >= 3 x its initial status-check delay,
-# and sacct without slurmdbd cannot answer; 600 s leaves ample margin.
-MIN_JOB_AGE_S = 600
+# and sacct without slurmdbd cannot answer.  The tests also count every job of a
+# run in squeue at its end, and the default config takes well over 10 min: 2 h.
+MIN_JOB_AGE_S = 7200
 
 
 # Where a configless slurmd caches the configuration for client commands on a

@@ -40,7 +40,10 @@ IMG_RE = re.compile(r'<img[^>]+src="data:image/png;base64,[A-Za-z0-9+/=]{200,}')
 # ---------------------------------------------------------------------------
 from xfel_reduce.io.euxfel import write_euxfel_file
 from xfel_reduce.io.provenance import attach_provenance, provenance
-from xfel_reduce.io.sources import ANNOTATION_SOURCE, CORR_SOURCE, corr_filename
+from xfel_reduce.config import INSTRUMENTS
+from xfel_reduce.io.sources import ANNOTATION_SOURCE, corr_filename
+
+CORR_SOURCE = INSTRUMENTS["SPB"].agipd + "/CORR/{module}CH0:output"
 
 NOISE_ADU = np.array([10.0, 6.0, 4.0])
 ADU_PER_PHOTON_HG = 60.0
@@ -490,8 +493,8 @@ def test_index_lists_every_run_with_links(workflow_results):
         if RUNS[run] == "sfx":  # hit finding: the hit rate and the hit frames
             assert _text(cells["hit rate"]) == f"{100 * summary['hit_rate']:.2f} %"
             assert _text(cells["frames kept"]) == f"{summary['frames_out']['hits']:,} hits"
-        else:  # SAXS: the summary's lit-pixel "hit rate" means nothing
-            assert summary["hit_rate"] is not None
+        else:  # SAXS: no hit finding, so neither the summary nor the index has a hit rate
+            assert summary["hit_rate"] is None and summary["hit_finding"] is False
             assert _text(cells["hit rate"]) == _text(cells["frames kept"]) == "n/a"
         # every link resolves to a file
         for href in re.findall(r'href="([^"]+)"', row):
