@@ -633,6 +633,10 @@ def h5_content_digest(path: Path) -> str:
             # Variable-length strings: hash the text, not the object pointers.
             return repr([v.decode() if isinstance(v, bytes) else v
                          for v in arr.ravel().tolist()]).encode()
+        if arr.dtype.kind in "fc":
+            # NaN has many bit patterns (sign, payload) and which one a computation
+            # leaves depends on the code path (e.g. numba's thread count); it is one value
+            arr = np.where(np.isnan(arr), np.nan, arr)
         return np.ascontiguousarray(arr).tobytes()
 
     def _attrs(obj: "h5py.HLObject") -> None:
@@ -680,7 +684,7 @@ def results_digest(root: Path, skip_json_keys: tuple[str, ...] = RUN_SPECIFIC_JS
         if (not path.is_file() or "benchmarks" in rel.split("/")
                 or path.suffix in (".log", ".html")):
             continue
-        if path.suffix == ".h5":
+        if path.suffix in (".h5", ".cxi"):  # CXI is HDF5: by content, not by bytes
             out[rel] = h5_content_digest(path)
         elif path.suffix == ".json":
             data = json.loads(path.read_text())
@@ -688,5 +692,8 @@ def results_digest(root: Path, skip_json_keys: tuple[str, ...] = RUN_SPECIFIC_JS
                 data = {k: v for k, v in data.items() if k not in skip_json_keys}
             out[rel] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
         else:
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            # text products (CrystFEL .lst) name files by absolute path: the run's
+            # own directory is replaced, so two runs in two places compare equal
+            data = path.read_bytes().replace(str(root.parent).encode(), b"<run>")
+            out[rel] = hashlib.sha256(data).hexdigest()
     return out
