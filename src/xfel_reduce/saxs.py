@@ -971,7 +971,17 @@ def fit_sphere(
 # --------------------------------------------------------------------------
 # reading CORR / annotation and the per-chunk / per-run drivers
 # --------------------------------------------------------------------------
-CORR_SOURCE = "SPB_DET_AGIPD1M-1/CORR/{m}CH0:output"
+def _corr_base(f: h5py.File, m: int, source_template: str | None = None) -> str:
+    """``INSTRUMENT/<source>/image`` of module ``m`` in an open CORR file: the given
+    template, else the file's own corrected source (any detector name; modern
+    ``…/CORR/{m}CH0:output`` or legacy ``…/DET/{m}CH0:xtdf`` proc)."""
+    if source_template is not None:
+        return f"INSTRUMENT/{source_template.format(m=m)}/image"
+    for det in f.get("INSTRUMENT", {}):
+        for src in (f"{det}/CORR/{m}CH0:output", f"{det}/DET/{m}CH0:xtdf"):
+            if f"INSTRUMENT/{src}/image/data" in f:
+                return f"INSTRUMENT/{src}/image"
+    raise KeyError(f"{f.filename}: no corrected source of module {m}; is this an AGIPD CORR file?")
 
 
 def _module_of(path: Path) -> int:
@@ -986,7 +996,7 @@ def _module_of(path: Path) -> int:
 def iter_corr_frames(
     corr_files: Sequence[str | Path],
     chunk_frames: int = 64,
-    source_template: str = CORR_SOURCE,
+    source_template: str | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Stream stacked frames from the CORR files of one sequence.
 
@@ -1012,7 +1022,7 @@ def iter_corr_frames(
         for p, m in zip(paths, modules):
             f = h5py.File(p, "r")
             handles.append(f)
-            base = f"INSTRUMENT/{source_template.format(m=m)}/image"
+            base = _corr_base(f, m, source_template)
             if base not in f:
                 raise KeyError(f"{p}: no {base}; is this an AGIPD CORR file of module {m}?")
             tid = f[f"{base}/trainId"][()].ravel()
@@ -1025,13 +1035,13 @@ def iter_corr_frames(
                     "sequence must be aligned — re-run the calibration for this sequence"
                 )
         n = ref_tid.size
-        cell = handles[0][f"INSTRUMENT/{source_template.format(m=modules[0])}/image/cellId"][()].ravel()
+        cell = handles[0][f"{_corr_base(handles[0], modules[0], source_template)}/cellId"][()].ravel()
         for a in range(0, n, chunk_frames):
             b = min(n, a + chunk_frames)
             data = np.empty((b - a, len(paths), 512, 128), np.float32)
             mask = np.empty((b - a, len(paths), 512, 128), np.uint32)
             for i, (f, m) in enumerate(zip(handles, modules)):
-                base = f"INSTRUMENT/{source_template.format(m=m)}/image"
+                base = _corr_base(f, m, source_template)
                 # Read contiguous, then copy: HDF5 scattering straight into the
                 # strided module slice ran at ~90 MB/s (23 s of a 29 s SAXS chunk).
                 data[:, i] = f[f"{base}/data"][a:b]
@@ -1254,7 +1264,7 @@ def integrate_sequence(
         raise ValueError("no CORR files given to the SAXS integration")
     m0 = _module_of(paths[0])
     with h5py.File(paths[0], "r") as f:
-        base = f"INSTRUMENT/{CORR_SOURCE.format(m=m0)}/image"
+        base = _corr_base(f, m0)
         tid = f[f"{base}/trainId"][()].ravel()
         pid = f[f"{base}/pulseId"][()].ravel()
         file_trains = f["INDEX/trainId"][()].astype(np.uint64)
