@@ -632,6 +632,12 @@ def _decoder_tables(run, decoder: str, train_ids: np.ndarray, ppl_bit: int
 
 # -- XGM ----------------------------------------------------------------------------------
 
+def on_line(xgm: str, sase: int) -> bool:
+    """Whether an XGM (by its name's prefix) measures the pulses of ``sase``: SASE1 and
+    SASE3 share one electron line (T4D), SASE2 has its own (T5D)."""
+    return _line_code(_name_sase(xgm) or sase) == _line_code(sase)
+
+
 def _name_sase(name: str) -> int | None:
     """The SASE a device name says it is on (``SA1_…``, ``SPB_…``), or None."""
     p = disc.prefix(name)
@@ -1040,9 +1046,7 @@ def discover_beam_sources(run, *, instrument: str | None = None, detector_contro
         xgm = disc.resolve(run, "XGM", xgm if xgm in run.all_sources else _device(xgm), xgms, where=where)
     else:
         # Only XGMs on the instrument's tunnel measure its pulses (SASE1 and 3 share one).
-        on_line = [c for c in xgms if c.output and
-                   _line_code(_name_sase(c.source) or sase) == _line_code(sase)]
-        xgm = choose("XGM", None, on_line)
+        xgm = choose("XGM", None, [c for c in xgms if c.output and on_line(c.source, sase)])
     if litfrm is None:
         found = disc.find_lit_frame_finders(run)
         devices = sorted({_device(c.source) for c in found})
@@ -1070,6 +1074,6 @@ __all__ = [
     "Alignment", "BeamError", "BeamSources", "DECIDED_BY", "DetectorTiming", "FrameBeam", "NO_FRAME",
     "NO_MAPPING", "NO_PATTERN", "NO_XGM", "PPL_UNKNOWN", "PplOffset", "PulseEnergies", "REASON_TEXT",
     "ReferenceDelay", "TrainBeam", "alignment_from_litfrm", "alignment_shift", "describe_reason",
-    "discover_beam_sources", "frame_beam", "instrument_pulses", "line_pulses", "pulse_energies",
+    "discover_beam_sources", "frame_beam", "instrument_pulses", "line_pulses", "on_line", "pulse_energies",
     "read_detector_timing", "train_beam",
 ]

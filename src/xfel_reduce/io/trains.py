@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import InstrumentProfile, instrument_profile, ppl_bit_value
+from ..beam import on_line
 from . import discovery, sources
 from .runs import InputDataError
 
@@ -144,8 +145,10 @@ def resolve_sources(config: dict, dc, where: str = "the run") -> RunSources:
                                       lambda r: discovery.find_pulse_pattern_decoders(r, prof.name),
                                       "sources.pulse_pattern_decoder", where, decided,
                                       "pulse_pattern_decoder"),
+        # only XGMs on the instrument's electron line measure its pulses
         xgm=_choose(dc, "XGM", xgm_out, prof.xgm_output,
-                    lambda r: [c for c in discovery.find_xgms(r, prof.name) if c.output],
+                    lambda r: [c for c in discovery.find_xgms(r, prof.name)
+                               if c.output and on_line(c.source, int(cfg.get("sase", prof.sase)))],
                     "sources.xgm", where, decided, "xgm"),
         agipd_control=_agipd_control(dc, cfg.get("detector_control"), prof, decided, where),
         lit_frame_finder=cfg.get("lit_frame_finder") or next(
