@@ -222,3 +222,23 @@ def test_daq_faults_are_flagged_not_fatal(tmp_path, fault):
         bogus = ~np.isin(t["trainId"], good)
         assert bogus.sum() == 4 and not t["beam_data"][bogus].any() and not t["xray"][bogus].any()
         assert incomplete[bogus].all()
+
+
+def test_spi_hit_mode_in_the_annotation_steps(tmp_path):
+    """`annotation.hit_mode: spi` runs the pulse-energy normalised finder (xfel_reduce.spi)
+    in the run-wide hit step: hits against the truth, its score and flags in the table."""
+    from conftest import reduce_run, tiny_config
+
+    cfg = tiny_config(tmp_path)
+    cfg["annotation"] = {"hit_mode": "spi"}
+    cfg["simulate"]["runs"][0]["trains"] = 16
+    r = reduce_run(cfg, 10)
+    t = _run_table(r)
+    frames, scene = _truth(r)
+    truth = np.asarray(scene["hit"], bool)
+    hit = t["hit"].astype(bool)
+    recall = (hit & truth).sum() / max(truth.sum(), 1)
+    precision = (hit & truth).sum() / max(hit.sum(), 1)
+    assert truth.sum() >= 5 and recall >= 0.98 and precision >= 0.98, (recall, precision)
+    assert np.isfinite(t["hit_score"][t["xray"].astype(bool)]).all()
+    assert (t["hit_flags"][~t["xray"].astype(bool)] != 0).all()  # frames without X-rays: flagged NO_XRAY

@@ -29,6 +29,8 @@ COLUMNS: dict[str, np.dtype] = {
     "n_peaks": np.dtype(np.int32),
     "hit": np.dtype(np.bool_),
     "hit_threshold": np.dtype(np.float32),
+    "hit_score": np.dtype(np.float32),
+    "hit_flags": np.dtype(np.uint16),
     "modules_present": np.dtype(np.int16),
     "nan_pixels": np.dtype(np.int32),
     "beam_data": np.dtype(np.bool_),
@@ -56,7 +58,10 @@ class AnnotationConfig:
         A pixel is lit when its value is at least this.
     hit_mode
         ``"fixed"``: hit when ``lit_pixels > hit_threshold``; ``"adaptive"``: hit when
-        ``lit_pixels > median + k·σ_IQR`` of X-ray frames in a sliding window of trains.
+        ``lit_pixels > median + k·σ_IQR`` of X-ray frames in a sliding window of trains;
+        ``"spi"``: the pulse-energy normalised SPI hit finder (:mod:`xfel_reduce.spi`,
+        settings in ``spi``); ``hit_score``/``hit_threshold`` are then in its score units
+        and ``hit_flags`` holds its per-frame quality bits.
     hit_threshold
         The fixed threshold (lit pixels).
     adaptive_k, adaptive_window_trains
@@ -79,6 +84,7 @@ class AnnotationConfig:
     sase: int = 1
     ppl_bit: int = PPL_BIT
     xray_frames: object = None
+    spi: dict | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "AnnotationConfig":
@@ -198,7 +204,7 @@ def hit_thresholds(train_ids: np.ndarray, lit: np.ndarray, xray: np.ndarray, cfg
     if cfg.hit_mode == "fixed":
         return thr
     if cfg.hit_mode != "adaptive":
-        raise ValueError(f"annotation.hit_mode must be 'fixed' or 'adaptive', not {cfg.hit_mode!r}")
+        raise ValueError(f"annotation.hit_mode must be 'fixed', 'adaptive' or 'spi', not {cfg.hit_mode!r}")
     trains = np.unique(train_ids)
     pos = np.searchsorted(trains, train_ids)
     half = max(1, cfg.adaptive_window_trains // 2)
@@ -317,7 +323,17 @@ def annotate_sequence(reader, cfg: AnnotationConfig, beam_table=None, trains_per
 
 
 def finalise_hits(table: dict[str, np.ndarray], cfg: AnnotationConfig) -> dict[str, np.ndarray]:
-    """Fill ``hit_threshold`` and ``hit`` from the whole run's lit-pixel series."""
+    """Fill ``hit_threshold`` and ``hit`` (and, for ``hit_mode: spi``, ``hit_score`` and
+    ``hit_flags``) from the whole run's per-frame series."""
+    if cfg.hit_mode == "spi":
+        from . import spi
+
+        cols = spi.find_hits(table, spi.SpiHitConfig.from_dict(cfg.spi or {})).columns()
+        table["hit"] = cols["hit"] & table["xray"]
+        table["hit_threshold"] = cols["hit_threshold"]
+        table["hit_score"] = cols["hit_score"]
+        table["hit_flags"] = cols["hit_flags"].astype(np.uint16)
+        return table
     thr = hit_thresholds(table["trainId"], table["lit_pixels"], table["xray"], cfg)
     table["hit_threshold"] = thr
     table["hit"] = table["xray"] & (table["lit_pixels"] > thr)

@@ -171,7 +171,7 @@ def hit_thresholds(config: dict, partials: Sequence[Path], output: Path) -> None
     table = annotate.finalise_hits(table, cfg)
     with AtomicH5File(output) as f:
         attach_provenance(f, provenance(config, partials, step="hit_thresholds"))
-        for k in ("trainId", "pulseId", "hit_threshold", "hit"):
+        for k in ("trainId", "pulseId", "hit_threshold", "hit", "hit_score", "hit_flags"):
             f[k] = table[k]
 
 
@@ -180,9 +180,10 @@ def write_annotation(config: dict, run: int, seq: int, partial: Path, thresholds
     table = annotate.concat_tables([table])
     with h5py.File(thresholds, "r") as f:
         key_all = f["trainId"][()] * np.uint64(1 << 16) + f["pulseId"][()]
-        thr, hit = f["hit_threshold"][()], f["hit"][()]
+        run_cols = {k: f[k][()] for k in ("hit_threshold", "hit", "hit_score", "hit_flags")}
     idx = np.searchsorted(key_all, table["trainId"] * np.uint64(1 << 16) + table["pulseId"])
-    table["hit_threshold"], table["hit"] = thr[idx], hit[idx]
+    for k, v in run_cols.items():
+        table[k] = v[idx]
     prov = provenance(config, [partial, thresholds], step="annotation", run=run, sequence=seq)
     write_frame_table(Path(output), sources.ANNOTATION_SOURCE, table, prov,
                       proposal=int(config.get("simulate", {}).get("proposal", 0)), run=run, sequence=seq,
