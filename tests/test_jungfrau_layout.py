@@ -89,7 +89,8 @@ def test_simulated_raw_has_the_facility_layout(sim):
     """Separate data.gain, 14-bit data.adc, per-cell keys, control in its own aggregator."""
     raw = sim["raw"](9)
     names = sorted(p.name for p in raw.iterdir())
-    assert names == ["RAW-R0009-DA01-S00000.h5", "RAW-R0009-DA01-S00001.h5",
+    # DA01 and the control: one sequence each for the whole run (the detector has two)
+    assert names == ["RAW-R0009-DA01-S00000.h5",
                      "RAW-R0009-JNGFR01-S00000.h5", "RAW-R0009-JNGFR01-S00001.h5",
                      "RAW-R0009-JNGFR02-S00000.h5", "RAW-R0009-JNGFR02-S00001.h5",
                      "RAW-R0009-JNGFRCTRL00-S00000.h5"]

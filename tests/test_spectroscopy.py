@@ -67,12 +67,13 @@ def beamtime(tmp_path_factory):
         c = corr_dir / jfd.corr_filename(RUN, 1, seq)
         jfc.correct_sequence(raw_dir / jfd.raw_filename(RUN, 1, seq), c, 1, consts, {"step": "correct"})
         corr.append(c)
-        da = raw_dir / sources.da_filename(RUN, seq)
-        images.append(sp.image_sequence(c, da, cfg, out / f"image-S{seq:05d}.h5", {"step": "image"}))
+        # beam data by train ID from all of the run's train-level files, never DA01-S{seq}
+        images.append(sp.image_sequence(c, train_files(raw_dir), cfg, out / f"image-S{seq:05d}.h5",
+                                        {"step": "image"}))
     curv = sp.curvature_run(images, cfg, out / "curvature.h5", {"step": "curvature"})
     for seq in range(2):
         p, fr = out / f"partial-S{seq:05d}.h5", out / f"REDU-R{RUN:04d}-SPECTRA-S{seq:05d}.h5"
-        sp.reduce_sequence(corr[seq], raw_dir / sources.da_filename(RUN, seq), cfg, curv, p, fr,
+        sp.reduce_sequence(corr[seq], train_files(raw_dir), cfg, curv, p, fr,
                            {"step": "reduce"}, run=RUN, sequence=seq)
         partials.append(p)
         frames.append(fr)

@@ -143,7 +143,8 @@ def is_jungfrau_run(run):
 
 
 def run_raw_files(run):
-    """RAW files of a run (detector files and the DA file of every sequence)."""
+    """RAW files of a run: its detector files (proc files when only those exist) and
+    every train-level file (DA01, …CTRL00)."""
     r = int(run)
     seqs = sequences(r)
     if is_jungfrau_run(r):

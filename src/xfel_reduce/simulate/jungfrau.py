@@ -240,8 +240,8 @@ def jungfrau_truth_for(sim_cfg: dict, module: int | None = None) -> JungfrauTrut
 def expected_jungfrau_files(proposal_dir: Path, sim_cfg: dict, run_cfg: dict) -> list[Path]:
     """Paths a simulated JUNGFRAU run writes (known before it is simulated).
 
-    Per sequence every module's file and the ``DA01`` file (XGM, bunch pattern),
-    and one control aggregator file for the whole run.
+    Per sequence every module's file; one ``DA01`` file (XGM, bunch pattern) and one
+    control aggregator file for the whole run.
     """
     plan = run_plan(sim_cfg, run_cfg)
     mods = jungfrau_settings(sim_cfg)["modules"]
@@ -249,8 +249,7 @@ def expected_jungfrau_files(proposal_dir: Path, sim_cfg: dict, run_cfg: dict) ->
     out = []
     for seq in range(plan["n_sequences"]):
         out += [run_dir / jfd.raw_filename(plan["run"], m, seq) for m in mods]
-        out.append(run_dir / sources.da_filename(plan["run"], seq))
-    return out + [run_dir / jfd.control_filename(plan["run"])]
+    return out + [run_dir / sources.da_filename(plan["run"], 0), run_dir / jfd.control_filename(plan["run"])]
 
 
 def write_jungfrau_detector_truth(proposal_dir: Path, sim_cfg: dict, config: dict | None = None) -> tuple[Path, Path]:
@@ -320,9 +319,9 @@ def simulate_jungfrau_run(
     """Simulate a JUNGFRAU run: ``type: spectroscopy`` or ``type: jungfrau_dark``.
 
     Writes, under ``raw/r{run}/``, ``RAW-R{run}-JNGFR{mod}-S{seq}.h5`` for every module
-    (one row of 16 memory cells per train), ``RAW-R{run}-DA01-S{seq}.h5`` (XGM, bunch
-    pattern) and ``RAW-R{run}-JNGFRCTRL00-S00000.h5`` (the detector's control for the
-    whole run); and ``truth/r{run}/truth.json`` + ``truth.h5``.  The spectrometer's
+    (one row of 16 memory cells per train), ``RAW-R{run}-DA01-S00000.h5`` (XGM, bunch
+    pattern) and ``RAW-R{run}-JNGFRCTRL00-S00000.h5`` (the detector's control), both for
+    the whole run; and ``truth/r{run}/truth.json`` + ``truth.h5``.  The spectrometer's
     pattern falls on ``simulate.jungfrau.module``; other modules see no light.
 
     Parameters
@@ -407,8 +406,14 @@ def simulate_jungfrau_run(
     frame_number = 0
     meta = dict(proposal=proposal, run=run, run_type=f"simulated {kind}")
     ctrl = EuXFELWriter(run_dir / jfd.control_filename(run), all_tids, prov, sequence=0, **meta)
+    # Beam data in one DA01 sequence for the whole run, while the detector has several:
+    # as for the AGIPD runs, nothing can pair sequence numbers across aggregators.
+    da = EuXFELWriter(run_dir / sources.da_filename(run, 0), all_tids, prov, sequence=0, **meta)
+    xgm_rows, bp_rows = [], []
     try:
         ctrl.add_control(det.control_source, ctrl_values, run_values=ctrl_strings)
+        # Same beam-data layout as the AGIPD runs.
+        add_beam_sources(da, all_tids.size, plan["photon_energy_kev"], profile)
         for seq in range(plan["n_sequences"]):
             t_lo = seq * plan["trains_per_sequence"]
             t_hi = min(plan["n_trains"], t_lo + plan["trains_per_sequence"])
@@ -416,7 +421,6 @@ def simulate_jungfrau_run(
             ones = np.ones(tids.size, np.uint64)
             writers = {m: EuXFELWriter(run_dir / jfd.raw_filename(run, m, seq), tids, prov, sequence=seq, **meta)
                        for m in jf["modules"]}
-            da = EuXFELWriter(run_dir / sources.da_filename(run, seq), tids, prov, sequence=seq, **meta)
             try:
                 for m, w in writers.items():
                     w.add_instrument(det.raw_source(m), ones, {
@@ -426,9 +430,6 @@ def simulate_jungfrau_run(
                         "data.frameNumber": (np.uint64, (n_cells,)),
                         "data.timestamp": (np.float64, (n_cells,)),
                     }, chunk_rows=1)
-                # Same beam-data layout as the AGIPD runs, so annotate.pulse_flags works.
-                add_beam_sources(da, tids.size, plan["photon_energy_kev"], profile)
-                xgm_rows, bp_rows = [], []
                 for k, tid in enumerate(tids):
                     ti = t_lo + k
                     beam, table, xgm = make_train_beam(beam_cfg, ti, int(tid), plan["n_trains"], rng_beam)
@@ -460,22 +461,21 @@ def simulate_jungfrau_run(
                         rate = (ti + 1) / (time.monotonic() - t0)
                         progress.info("run %d: %d/%d JUNGFRAU trains simulated (%.1f trains/s, %d modules)",
                                       run, ti + 1, plan["n_trains"], rate, len(writers))
-                fill_beam_sources(da, xgm_rows, bp_rows, profile)
             except BaseException:
                 for w in writers.values():
                     w.abort()
-                da.abort()
                 raise
             for w in writers.values():
                 w.close()
                 written.append(w._atomic.path)
-            da.close()
-            written.append(da._atomic.path)
+        fill_beam_sources(da, xgm_rows, bp_rows, profile)
     except BaseException:
         ctrl.abort()
+        da.abort()
         raise
     ctrl.close()
-    written.append(ctrl._atomic.path)
+    da.close()
+    written += [ctrl._atomic.path, da._atomic.path]
 
     truth_json = {
         "run": run,
