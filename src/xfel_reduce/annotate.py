@@ -169,12 +169,13 @@ def pulse_flags(
     xray, ppl, pulse_energy
         Pulse energy is 0 for frames without X-rays.
     """
+    from .beam import instrument_pulses, line_pulses
+
     pid = pulse_ids.astype(np.intp)
-    table = bunch_tables[frame_train_index, pid]
-    xray = np.asarray(bp.is_sase(table, cfg.sase))
+    sase_all = instrument_pulses(bunch_tables, cfg.sase)
+    xray = sase_all[frame_train_index, pid]
     # The laser's bits start at bucket 0 of the table, anchored on the train's first
     # X-ray pulse (EXtra's PumpProbePulses with bunch_table_offset 0).
-    sase_all = np.asarray(bp.is_sase(bunch_tables, cfg.sase))
     first = np.argmax(sase_all, axis=1)[frame_train_index]
     rel = pid - first
     inside = (rel >= 0) & (rel < bunch_tables.shape[1])
@@ -183,10 +184,8 @@ def pulse_flags(
     # The XGM reports every pulse through its tunnel in order: SASE1 and SASE3 share
     # destination T4D (extra-redu's mask_xgm), so a pulse's energy sits at its rank
     # among all T4D pulses of the train; on SASE2 among the T5D ones.
-    dest = bp.DESTINATION_T5D if cfg.sase == 2 else bp.DESTINATION_T4D
-    line_all = (bunch_tables & np.uint32(bp.DESTINATION_MASK)) == np.uint32(dest)
-    rank = np.cumsum(line_all, axis=1) - 1
-    r = rank[frame_train_index, pulse_ids.astype(np.intp)]
+    rank = np.cumsum(line_pulses(bunch_tables, cfg.sase), axis=1) - 1
+    r = rank[frame_train_index, pid]
     energy = np.zeros(pulse_ids.shape, np.float32)
     ok = xray & (r < xgm_td.shape[1])
     energy[ok] = xgm_td[frame_train_index[ok], r[ok]]

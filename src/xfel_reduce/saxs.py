@@ -971,17 +971,16 @@ def fit_sphere(
 # --------------------------------------------------------------------------
 # reading CORR / annotation and the per-chunk / per-run drivers
 # --------------------------------------------------------------------------
-def _corr_base(f: h5py.File, m: int, source_template: str | None = None) -> str:
-    """``INSTRUMENT/<source>/image`` of module ``m`` in an open CORR file: the given
-    template, else the file's own corrected source (any detector name; modern
-    ``…/CORR/{m}CH0:output`` or legacy ``…/DET/{m}CH0:xtdf`` proc)."""
+def _corr_base(path: Path, m: int, source_template: str | None = None) -> str:
+    """``INSTRUMENT/<source>/image`` of module ``m`` in a CORR file: the given template,
+    else the file's own corrected source (:func:`xfel_reduce.io.frames.corr_source`:
+    any detector name, modern or legacy proc)."""
     if source_template is not None:
         return f"INSTRUMENT/{source_template.format(m=m)}/image"
-    for det in f.get("INSTRUMENT", {}):
-        for src in (f"{det}/CORR/{m}CH0:output", f"{det}/DET/{m}CH0:xtdf"):
-            if f"INSTRUMENT/{src}/image/data" in f:
-                return f"INSTRUMENT/{src}/image"
-    raise KeyError(f"{f.filename}: no corrected source of module {m}; is this an AGIPD CORR file?")
+    from .io.frames import corr_source
+    from .io.runs import open_file
+
+    return f"INSTRUMENT/{corr_source(open_file(path), m, Path(path))}/image"
 
 
 def _module_of(path: Path) -> int:
@@ -1019,10 +1018,11 @@ def iter_corr_frames(
     handles = []
     try:
         ref_tid = ref_pid = None
-        for p, m in zip(paths, modules):
+        # each module's source is found once, not per chunk
+        bases = [_corr_base(p, m, source_template) for p, m in zip(paths, modules)]
+        for p, m, base in zip(paths, modules, bases):
             f = h5py.File(p, "r")
             handles.append(f)
-            base = _corr_base(f, m, source_template)
             if base not in f:
                 raise KeyError(f"{p}: no {base}; is this an AGIPD CORR file of module {m}?")
             tid = f[f"{base}/trainId"][()].ravel()
@@ -1035,13 +1035,12 @@ def iter_corr_frames(
                     "sequence must be aligned — re-run the calibration for this sequence"
                 )
         n = ref_tid.size
-        cell = handles[0][f"{_corr_base(handles[0], modules[0], source_template)}/cellId"][()].ravel()
+        cell = handles[0][f"{bases[0]}/cellId"][()].ravel()
         for a in range(0, n, chunk_frames):
             b = min(n, a + chunk_frames)
             data = np.empty((b - a, len(paths), 512, 128), np.float32)
             mask = np.empty((b - a, len(paths), 512, 128), np.uint32)
-            for i, (f, m) in enumerate(zip(handles, modules)):
-                base = _corr_base(f, m, source_template)
+            for i, (f, base) in enumerate(zip(handles, bases)):
                 # Read contiguous, then copy: HDF5 scattering straight into the
                 # strided module slice ran at ~90 MB/s (23 s of a 29 s SAXS chunk).
                 data[:, i] = f[f"{base}/data"][a:b]
@@ -1264,7 +1263,7 @@ def integrate_sequence(
         raise ValueError("no CORR files given to the SAXS integration")
     m0 = _module_of(paths[0])
     with h5py.File(paths[0], "r") as f:
-        base = _corr_base(f, m0)
+        base = _corr_base(paths[0], m0)
         tid = f[f"{base}/trainId"][()].ravel()
         pid = f[f"{base}/pulseId"][()].ravel()
         file_trains = f["INDEX/trainId"][()].astype(np.uint64)

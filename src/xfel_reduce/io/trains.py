@@ -133,9 +133,10 @@ def resolve_sources(config: dict, dc, where: str = "the run") -> RunSources:
     xgm_out = cfg.get("xgm")
     if xgm_out and ":" not in xgm_out:
         xgm_out += ":output"
+    sase = int(cfg.get("sase", prof.sase))
     out = RunSources(
         instrument=prof,
-        sase=int(cfg.get("sase", prof.sase)),
+        sase=sase,
         ppl_bit=ppl_bit_value(cfg.get("ppl_bit", prof.ppl_bit)),
         timeserver=_choose(dc, "timeserver", cfg.get("timeserver"), prof.timeserver,
                            lambda r: discovery.find_timeservers(r, prof.name), "sources.timeserver",
@@ -148,7 +149,7 @@ def resolve_sources(config: dict, dc, where: str = "the run") -> RunSources:
         # only XGMs on the instrument's electron line measure its pulses
         xgm=_choose(dc, "XGM", xgm_out, prof.xgm_output,
                     lambda r: [c for c in discovery.find_xgms(r, prof.name)
-                               if c.output and on_line(c.source, int(cfg.get("sase", prof.sase)))],
+                               if c.output and on_line(c.source, sase)],
                     "sources.xgm", where, decided, "xgm"),
         agipd_control=_agipd_control(dc, cfg.get("detector_control"), prof, decided, where),
         lit_frame_finder=cfg.get("lit_frame_finder") or next(
