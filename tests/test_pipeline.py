@@ -37,12 +37,15 @@ def test_pulse_flags_and_energies_equal_truth(tiny_reduced):
     assert t["ppl"].any() and (~t["ppl"] & t["xray"]).any()
 
 
-def test_hit_flags_agree_with_truth(tiny_reduced):
-    _, scene = _truth(tiny_reduced)
+def test_hit_flags_recall_and_precision_against_truth(tiny_reduced):
+    # judged by recall and precision: agreement over all frames would reward a finder
+    # that flags nothing at a low hit rate
+    frames, scene = _truth(tiny_reduced)
     t = _run_table(tiny_reduced)
-    agree = (t["hit"] == scene["hit"]).mean()
-    assert agree >= 0.99, f"hit flags agree for {agree:.1%}"
-    assert scene["hit"].sum() >= 2  # the test would be vacuous without hits
+    cmp = annotate.compare_with_truth(t, {"trainId": frames["trainId"], "pulseId": frames["pulseId"],
+                                          "hit": scene["hit"]})
+    assert cmp["true_hits"] >= 2  # the test would be vacuous without hits
+    assert cmp["recall"] >= 0.98 and cmp["precision"] >= 0.98, cmp
 
 
 def test_outputs_pass_extra_data_validate(tiny_reduced):

@@ -329,6 +329,12 @@ def test_geom_round_trip(geom, tmp_path):
     assert f"data = {cxi.DATA_PATH} ;" in text and f"mask = {cxi.MASK_PATH} ;" in text
     assert "mask_bad = 0xffffffff" in text and "dim0 = %" in text
     assert "p15a7/min_ss = 8128" in text and "p15a7/max_ss = 8191" in text  # slab layout
+    # CrystFEL reads the CXI peaks only where the geometry points (indexamajig --peaks=cxi)
+    assert f"peak_list = {cxi.RESULT_PATH}" in text and "peak_list_type = cxi" in text
+    with cxi.CxiHitWriter(tmp_path / "h.cxi", modules=list(range(16)), provenance={}):
+        pass
+    with h5py.File(tmp_path / "h.cxi", "r") as f:
+        assert {"nPeaks", "peakXPosRaw", "peakYPosRaw", "peakTotalIntensity"} <= set(f[cxi.RESULT_PATH])
     back = AGIPD_1MGeometry.from_crystfel_geom(str(path))
     # Identical up to float round-off of the text format (≪ 1 nm on 200 µm pixels).
     np.testing.assert_allclose(back.get_pixel_positions(), geom.get_pixel_positions(), rtol=0, atol=1e-12)

@@ -207,7 +207,7 @@ def test_default_config_on_slurm_matches_local(slurm: SlurmCluster, tmp_path: Pa
         n_jobs = int(re.search(r"^total\s+(\d+)", log, re.M).group(1))
         assert len(new) < n_jobs, "grouping should need fewer submissions than jobs"
         comments = " ".join(j["comment"] for j in new)
-        for group in ("chunk", "technique_chunk", "technique_prepass", "annot"):
+        for group in ("chunk", "technique_chunk", "technique_prepass", "kept", "annot"):
             assert f"group_{group}" in comments or f"rule_{group}" in comments, (group, new)
 
         a = results_digest(local_dir / "results")

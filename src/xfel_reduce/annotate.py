@@ -9,6 +9,7 @@ rule (:mod:`xfel_reduce.beam`), or what the user declared (``annotation.xray_fra
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import euxfel_bunch_pattern as bp
@@ -321,22 +322,57 @@ def annotate_sequence(reader, cfg: AnnotationConfig, beam_table=None, trains_per
     return table, images
 
 
-def finalise_hits(table: dict[str, np.ndarray], cfg: AnnotationConfig) -> dict[str, np.ndarray]:
-    """Fill ``hit_threshold`` and ``hit`` (and, for ``hit_mode: spi``, ``hit_score`` and
-    ``hit_flags``) from the whole run's per-frame series."""
+def finalise_hits(table: dict[str, np.ndarray], cfg: AnnotationConfig):
+    """Fill ``hit_threshold``, ``hit`` and ``hit_score`` (the quantity compared with the
+    threshold: lit pixels, or the SPI score) and, for ``hit_mode: spi``, ``hit_flags``,
+    from the whole run's per-frame series.
+
+    Returns
+    -------
+    table, result
+        The table, and the SPI finder's :class:`xfel_reduce.spi.HitResult` (``None`` for
+        the fixed and adaptive lit-pixel thresholds).
+    """
     if cfg.hit_mode == "spi":
         from . import spi
 
-        cols = spi.find_hits(table, spi.SpiHitConfig.from_dict(cfg.spi or {})).columns()
+        result = spi.find_hits(table, spi.SpiHitConfig.from_dict(cfg.spi or {}))
+        cols = result.columns()
         table["hit"] = cols["hit"] & table["xray"]
         table["hit_threshold"] = cols["hit_threshold"]
         table["hit_score"] = cols["hit_score"]
         table["hit_flags"] = cols["hit_flags"].astype(np.uint16)
-        return table
+        return table, result
     thr = hit_thresholds(table["trainId"], table["lit_pixels"], table["xray"], cfg)
     table["hit_threshold"] = thr
+    table["hit_score"] = table["lit_pixels"].astype(np.float32)
     table["hit"] = table["xray"] & (table["lit_pixels"] > thr)
-    return table
+    return table, None
+
+
+def compare_with_truth(table: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray],
+                       hit_key: str = "hit") -> dict:
+    """Recall and precision of the table's hits against the simulator's per-frame truth.
+
+    Frames are matched by (trainId, pulseId); truth frames absent from the table (not
+    recorded) count as missed.
+    """
+    from .io.frames import frame_key
+
+    tk = frame_key(truth["trainId"], truth["pulseId"])
+    true_hit = np.asarray(truth["hit"], bool)
+    k = frame_key(table["trainId"], table["pulseId"])
+    order = np.argsort(k)
+    pos = np.clip(np.searchsorted(k[order], tk), 0, max(k.size - 1, 0))
+    found = (k[order][pos] == tk) if k.size else np.zeros(tk.size, bool)
+    flagged = np.zeros(tk.size, bool)
+    flagged[found] = np.asarray(table[hit_key], bool)[order][pos[found]]
+    tp = int((flagged & true_hit).sum())
+    fp = int((flagged & ~true_hit).sum())
+    fn = int((~flagged & true_hit).sum())
+    return {"true_hits": int(true_hit.sum()), "found": tp, "false": fp, "missed": fn,
+            "recall": tp / (tp + fn) if (tp + fn) else None,
+            "precision": tp / (tp + fp) if (tp + fp) else None}
 
 
 def concat_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -79,6 +79,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from .io.frames import frame_key
+
 #: AGIPD module: 512 × 128 pixels (extra-redu's ``num_px_per_module`` default).
 AGIPD_PIXELS_PER_MODULE = 512 * 128
 
@@ -301,6 +303,27 @@ class HitResult:
                 "misses_kept": int(self.miss.sum()),
                 "hit_rate": (float(self.hit.sum()) / n_dec) if n_dec else None,
                 "flags": per_flag, "method": "spi (pulse-energy normalised lit pixels)"}
+
+
+_RESULT_ARRAYS = ("score", "threshold", "significance", "hit", "miss", "decided", "flags",
+                  "train_ids", "train_mu", "train_sigma", "train_threshold")
+
+
+def save_result(group, result: HitResult) -> None:
+    """Store a :class:`HitResult` in an HDF5 group (arrays, parameters as JSON)."""
+    import json
+
+    for name in _RESULT_ARRAYS:
+        group[name] = getattr(result, name)
+    group.attrs["params"] = json.dumps(result.params, default=str)
+
+
+def load_result(group) -> HitResult:
+    """Read back what :func:`save_result` stored."""
+    import json
+
+    return HitResult(**{name: group[name][()] for name in _RESULT_ARRAYS},
+                     params=json.loads(group.attrs["params"]))
 
 
 # -- ROI lit-pixel counting (per-sequence pass) ------------------------------------
@@ -563,7 +586,7 @@ def find_hits(table: Mapping[str, np.ndarray], cfg: SpiHitConfig | Mapping | Non
     n = tid_in.size
     pid_in = np.asarray(table["pulseId"], np.uint64)
     order = np.lexsort((pid_in, tid_in))
-    key = tid_in[order] * np.uint64(1 << 16) + pid_in[order]
+    key = frame_key(tid_in[order], pid_in[order])
     if n > 1 and np.any(key[1:] == key[:-1]):
         raise ValueError("find_hits: duplicate (trainId, pulseId) rows: give each frame once "
                          "(concatenate the sequences, do not repeat them)")

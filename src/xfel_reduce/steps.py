@@ -21,10 +21,10 @@ from .config import HIT_FINDING_TECHNIQUES, modules_of
 from .io import sources
 from .io.atomic import write_json
 from .io.euxfel import AtomicH5File
-from .io.frames import SequenceFrames
+from .io.frames import SequenceFrames, corr_source, frame_key
 from .io.provenance import attach_provenance, provenance
 from .io.redu import read_partials, write_frame_table, write_partials
-from .io.runs import InputDataError
+from .io.runs import InputDataError, open_file
 
 log = logging.getLogger("xfel_reduce")
 
@@ -165,23 +165,30 @@ def annotate_chunk(config: dict, corr_files: Sequence[Path], train_files: Sequen
 
 
 def hit_thresholds(config: dict, partials: Sequence[Path], output: Path) -> None:
-    """Run-wide hit thresholds (adaptive thresholds need the whole run)."""
+    """Run-wide hit thresholds (adaptive thresholds need the whole run); with
+    ``hit_mode: spi`` the SPI finder's full result goes to the group ``spi``."""
     cfg = annotate.AnnotationConfig.from_dict(config.get("annotation"))
     table = annotate.concat_tables([read_partials(Path(p))[0] for p in partials])
-    table = annotate.finalise_hits(table, cfg)
+    table, result = annotate.finalise_hits(table, cfg)
+    if result is not None:
+        log.info("SPI hit finder: %s", result.summary())
     with AtomicH5File(output) as f:
         attach_provenance(f, provenance(config, partials, step="hit_thresholds"))
         for k in ("trainId", "pulseId", "hit_threshold", "hit", "hit_score", "hit_flags"):
             f[k] = table[k]
+        if result is not None:
+            from .spi import save_result
+
+            save_result(f.create_group("spi"), result)
 
 
 def write_annotation(config: dict, run: int, seq: int, partial: Path, thresholds: Path, output: Path) -> None:
     table, _ = read_partials(Path(partial))
     table = annotate.concat_tables([table])
     with h5py.File(thresholds, "r") as f:
-        key_all = f["trainId"][()] * np.uint64(1 << 16) + f["pulseId"][()]
+        key_all = frame_key(f["trainId"][()], f["pulseId"][()])
         run_cols = {k: f[k][()] for k in ("hit_threshold", "hit", "hit_score", "hit_flags")}
-    idx = np.searchsorted(key_all, table["trainId"] * np.uint64(1 << 16) + table["pulseId"])
+    idx = np.searchsorted(key_all, frame_key(table["trainId"], table["pulseId"]))
     for k, v in run_cols.items():
         table[k] = v[idx]
     prov = provenance(config, [partial, thresholds], step="annotation", run=run, sequence=seq)
@@ -212,8 +219,8 @@ def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_f
         from .techniques import SFX_SOURCE
 
         peaks = annotate.concat_tables_any([read_frame_table(Path(p), SFX_SOURCE) for p in peak_tables])
-        key = table["trainId"] * np.uint64(1 << 16) + table["pulseId"]
-        pkey = peaks["trainId"] * np.uint64(1 << 16) + peaks["pulseId"]
+        key = frame_key(table["trainId"], table["pulseId"])
+        pkey = frame_key(peaks["trainId"], peaks["pulseId"])
         if not np.array_equal(np.sort(pkey), key):
             raise ValueError("peak tables and annotation cover different frames")
         idx = np.searchsorted(pkey, key)
@@ -270,13 +277,30 @@ def _decided_by(t: dict[str, np.ndarray]) -> dict[str, int] | None:
 
 def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path], products: dict[str, list[Path]],
                 table: dict[str, np.ndarray], benchmark_dir: Path | None, output: Path,
-                inputs: Sequence[Path] = (), extra: dict | None = None) -> dict:
+                inputs: Sequence[Path] = (), extra: dict | None = None,
+                kept_summary_file: Path | None = None, truth_file: Path | None = None) -> dict:
     """``summary.json``: frames, bytes, reduction ratios, hit rate, timings, provenance.
 
     ``table`` is the run's per-frame table (annotation, or the spectroscopy frame
     table); columns a technique does not produce (``hit``, ``modules_present``…)
-    are reported as absent rather than invented.
+    are reported as absent rather than invented.  With a kept-frames summary its
+    numbers go in as ``kept_frames``; with the simulator's per-frame truth of a
+    hit-finding run, recall and precision of the hits as ``hits_vs_truth``.
     """
+    import json
+
+    extra = dict(extra or {})
+    if kept_summary_file is not None:
+        ks = json.loads(Path(kept_summary_file).read_text())
+        extra["kept_frames"] = {k: v for k, v in ks.items() if k != "provenance"}
+    if truth_file is not None and technique in HIT_FINDING_TECHNIQUES:
+        with h5py.File(truth_file, "r") as f:
+            # the simulator's truth.h5: beam per frame in `frames`, the scene's hits in `scene`
+            truth = {k: f["frames"][k][()] for k in ("trainId", "pulseId")}
+            if "hit" in f.get("scene", {}):
+                truth["hit"] = f["scene"]["hit"][()]
+        if "hit" in truth:
+            extra["hits_vs_truth"] = annotate.compare_with_truth(table, truth)
     t = table
     bytes_in = int(sum(Path(p).stat().st_size for p in raw_files))
     bytes_out = {name: int(sum(Path(p).stat().st_size for p in paths)) for name, paths in products.items()}
@@ -312,7 +336,109 @@ def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path
         "total_job_seconds": float(sum(v["s"] for v in timings.values())),
         "peak_job_memory_mb": (float(max(v["max_rss_mb"] for v in timings.values())) if timings else None),
         "provenance": provenance(config, list(raw_files) + list(inputs), step="summary", run=run),
-        **(extra or {}),
+        **extra,
     }
+    if "kept_frames" in extra:
+        summary["frames_out"]["kept"] = extra["kept_frames"]["frames_kept"]
     write_json(output, summary, indent=2, allow_nan=False)
     return summary
+
+
+# -- kept frames (SPI/SFX reduced data) -------------------------------------------------
+def _proposal_of(path: Path) -> int:
+    """``METADATA/proposalNumber`` of an EuXFEL file (0 when absent)."""
+    with h5py.File(path, "r") as f:
+        md = f.get("METADATA")
+        return int(md["proposalNumber"][0]) if md is not None and "proposalNumber" in md else 0
+
+
+def kept_frames(config: dict, run: int, seq: int, technique: str, corr_files: Sequence[Path],
+                aggregate_file: Path, out_dir: Path) -> dict:
+    """One sequence's kept frames (:mod:`xfel_reduce.kept`)."""
+    from . import geometry, kept
+
+    cfg = kept.ReductionConfig.from_dict(config.get("reduction"))
+    mods = modules_of(config)
+    table = load_run_table(aggregate_file)
+    frac = cfg.validation.roi_pixel_fraction or kept.VALIDATION_ROI_DEFAULT[technique]
+    roi = kept.validation_roi(geometry.geometry_from_config(config.get("geometry", {})), mods, frac)
+    e = table["pulse_energy"][table["xray"] & (table["pulse_energy"] > 0)]
+    e_ref = float(np.median(e)) if e.size else None
+    proposal = _proposal_of(Path(corr_files[0]))
+    prov = provenance(config, list(corr_files) + [aggregate_file], step="kept_frames", run=run,
+                      sequence=seq, reduction=cfg.to_dict(), validation_roi_pixel_fraction=frac,
+                      validation_reference_energy_uj=e_ref)
+    stats = kept.write_kept_sequence(dict(zip(mods, corr_files)), table, out_dir, run, seq, cfg, roi,
+                                     e_ref, prov, proposal)
+    log.info("r%04d S%05d kept %s, %.1f MB", run, seq, stats["frames"], stats["bytes"] / 1e6)
+    return stats
+
+
+def spi_redu(config: dict, run: int, seq: int, corr_file: Path, aggregate_file: Path, thresholds_file: Path,
+             output: Path) -> Path:
+    """The SPI hit finder's result for one sequence's trains in the facility's REDU layout
+    (what ``extra_redu.spi.SpiHitfinder.from_datacollection`` reads); ``missFlag`` is
+    the kept validation sample, so ``dataFlag`` marks exactly the kept frames."""
+    from . import kept, spi
+
+    cfg = kept.ReductionConfig.from_dict(config.get("reduction"))
+    table = load_run_table(aggregate_file)
+    with h5py.File(thresholds_file, "r") as f:
+        if "spi" not in f:
+            raise ValueError(f"{thresholds_file} holds no SPI hit-finder result: set "
+                             "annotation.hit_mode: spi for SPI runs")
+        result = spi.load_result(f["spi"])
+        same = np.array_equal(frame_key(f["trainId"][()], f["pulseId"][()]),
+                              frame_key(table["trainId"], table["pulseId"]))
+    if not same:
+        raise ValueError(f"{thresholds_file} and {aggregate_file} cover different frames")
+    reasons = kept.kept_reasons(table, cfg.miss_fraction, cfg.seed)
+    result.miss = (reasons & np.uint8(kept.Reason.SAMPLED)) != 0
+    f0 = open_file(corr_file)
+    mods = modules_of(config)
+    detector = corr_source(f0, mods[0], Path(corr_file)).split("/", 1)[0]
+    seq_trains = np.intersect1d(np.asarray(f0.train_ids, np.uint64), table["trainId"])
+    prov = provenance(config, [corr_file, aggregate_file, thresholds_file], step="spi_redu", run=run, sequence=seq)
+    return spi.write_redu(output, table, result, detector=detector, modules=mods, provenance=prov,
+                          proposal=_proposal_of(Path(corr_file)), run=run, sequence=seq, train_ids=seq_trains)
+
+
+def kept_summary(config: dict, run: int, technique: str, kept_files: Sequence[Path],
+                 raw_files: Sequence[Path], aggregate_file: Path, output: Path) -> dict:
+    """``kept/kept_summary.json``: frames and bytes kept against the RAW run and the seed's
+    table, and the missed-hit estimate from the validation sample."""
+    from . import kept
+    from .io.redu import read_frame_table
+
+    cfg = kept.ReductionConfig.from_dict(config.get("reduction"))
+    table = load_run_table(aggregate_file)
+    reason = kept.kept_reasons(table, cfg.miss_fraction, cfg.seed)
+    tables = [read_frame_table(Path(p), sources.KEPT_SOURCE) for p in kept_files
+              if Path(p).name.startswith("REDU-") and "-KEPT-" in Path(p).name]
+    rows = annotate.concat_tables_any(tables)
+    sampled = (rows["kept_reason"] & np.uint8(kept.Reason.SAMPLED)) != 0
+    n_hits = int(((reason & np.uint8(kept.Reason.HIT)) != 0).sum())
+    undecided = (reason & np.uint8(kept.Reason.UNDECIDED)) != 0
+    n_misses = int((table["xray"] & ~table["hit"] & ~undecided).sum())
+    estimate = kept.missed_hit_estimate(rows["validation_score"][sampled], n_misses, n_hits, cfg.validation)
+    bytes_raw = int(sum(Path(p).stat().st_size for p in raw_files))
+    bytes_kept = int(sum(Path(p).stat().st_size for p in kept_files))
+    n_kept = int((reason != 0).sum())
+    n_in = int(table["trainId"].size)
+    lo, hi = kept.SEED_REDUCTION_RANGE[technique]
+    out = {
+        "run": int(run), "technique": technique,
+        "frames_in": n_in, "xray_frames": int(table["xray"].sum()), "frames_kept": n_kept,
+        "kept": {"hits": n_hits, "sampled_misses": int(sampled.sum()), "undecided": int(undecided.sum())},
+        "frames_ratio": n_kept / n_in if n_in else None,
+        "bytes_raw": bytes_raw, "bytes_kept": bytes_kept,
+        "bytes_ratio": bytes_kept / bytes_raw if bytes_raw else None,
+        "seed_bytes_ratio_range": [lo, hi],
+        "hit_rate": n_hits / int(table["xray"].sum()) if table["xray"].any() else None,
+        "missed_hits": estimate,
+        "reduction": cfg.to_dict(),
+        "provenance": provenance(config, list(kept_files) + [aggregate_file], step="kept_summary", run=run),
+    }
+    write_json(output, out, indent=2, allow_nan=False)
+    log.info("r%04d: %s; bytes %.3g of RAW; %s", run, out["kept"], out["bytes_ratio"] or 0, estimate["statement"])
+    return out

@@ -18,7 +18,7 @@ from .io import sources
 from .io.atomic import write_json
 from .io.euxfel import AtomicH5File
 from .io.runs import InputDataError
-from .io.frames import SequenceFrames
+from .io.frames import SequenceFrames, frame_key
 from .io.provenance import attach_provenance, provenance
 from .io.redu import read_frame_table, write_frame_table
 from .config import modules_of
@@ -94,11 +94,11 @@ def _reader(config: dict, corr_files: Sequence[Path]) -> SequenceFrames:
 def _annotation_lookup(annotation_file: Path):
     """(trainId, pulseId) → row of the sequence's annotation table."""
     table = read_frame_table(Path(annotation_file), sources.ANNOTATION_SOURCE)
-    keys = table["trainId"] * np.uint64(1 << 16) + table["pulseId"]
+    keys = frame_key(table["trainId"], table["pulseId"])
     order = np.argsort(keys)
 
     def rows(train_ids: np.ndarray, pulse_ids: np.ndarray) -> np.ndarray:
-        k = np.asarray(train_ids, np.uint64) * np.uint64(1 << 16) + np.asarray(pulse_ids, np.uint64)
+        k = frame_key(train_ids, pulse_ids)
         pos = np.searchsorted(keys, k, sorter=order)
         idx = order[np.minimum(pos, len(order) - 1)]
         if not np.array_equal(keys[idx], k):

@@ -23,8 +23,11 @@ def summary_inputs(w):
                        run=w.run, seq=sequences(run))
     else:
         table = products["aggregate"]
-    return {"raw": run_raw_files(run), "table": table,
-            "products": [f for files in products.values() for f in files]}
+    out = {"raw": run_raw_files(run), "table": table,
+           "products": [f for files in products.values() for f in files]}
+    if truth_file(run) and technique(run) in ("spi", "sfx"):
+        out["truth"] = truth_file(run)
+    return out
 
 
 rule summary:

@@ -9,6 +9,7 @@ import re
 from xfel_reduce.simulate.beamtime import expected_files, iter_runs, run_plan
 from xfel_reduce.simulate.jungfrau import JUNGFRAU_RUN_TYPES, expected_jungfrau_files
 from xfel_reduce.config import modules_of
+from xfel_reduce.kept import ReductionConfig
 
 # Conda environment for `--sdm conda` (path relative to the rule files)
 CONDA_ENV = "../../envs/xfel-reduce.yaml"
@@ -32,6 +33,8 @@ RUN_IDS = [f"{r:04d}" for r in RUNS]
 DARK_RUNS = [int(r) for r in config["calibration"].get("dark_runs", [])]
 USE_PROC = config["calibration"]["source"] == "proc"
 PROC_DIR = config["calibration"].get("proc_dir") or os.path.join(PROPOSAL, "proc")
+REDUCTION = ReductionConfig.from_dict(config.get("reduction"))
+HIT_MODE = (config.get("annotation") or {}).get("hit_mode", "adaptive")
 
 def scaled(value):
     """A resource that grows with the attempt, so a job killed for memory or time
@@ -157,6 +160,24 @@ def run_raw_files(run):
     return det + train_files(r)
 
 
+def keeps_frames(run):
+    """Whether the run writes a kept-frames set (``reduction.kept_frames``)."""
+    return technique(run) in REDUCTION.kept_frames and not is_jungfrau_run(run)
+
+
+def kept_files(run):
+    """The kept-frames folder of a run: kept CORR files and annotation rows per sequence,
+    and for SPI runs with the SPI hit finder its REDU files."""
+    r = f"{int(run):04d}"
+    base = os.path.join(RESULTS, f"r{r}", "kept")
+    seqs = sequences(run)
+    files = [os.path.join(base, f"CORR-R{r}-AGIPD{m:02d}-S{s}.h5") for s in seqs for m in MODULES]
+    files += [os.path.join(base, f"REDU-R{r}-KEPT-S{s}.h5") for s in seqs]
+    if technique(run) == "spi" and HIT_MODE == "spi":
+        files += [os.path.join(base, f"CORR-R{r}-REDU00-S{s}.h5") for s in seqs]
+    return files
+
+
 def technique_products(run):
     """Per-run products of the run's technique, {product name: [files]}."""
     t, r = technique(run), f"{int(run):04d}"
@@ -168,6 +189,8 @@ def technique_products(run):
             "spectra": [os.path.join(base, "spectroscopy", n) for n in ("spectra.h5", "spectra_summary.json")],
         }
     agipd = {"annotation": annotation_files(run), "aggregate": [os.path.join(base, "aggregate", "run.h5")]}
+    if keeps_frames(run):
+        agipd["kept"] = kept_files(run) + [os.path.join(base, "kept", "kept_summary.json")]
     if t == "sfx":
         return {
             **agipd,
@@ -212,7 +235,9 @@ def stage_defaults(run, stage):
     """Notebook parameters implied by the run's technique (config can override)."""
     if stage == "annotation":
         # lit-pixel hits mean something for single particles and crystals only
-        return {"hit_finding": technique(run) in ("spi", "sfx")}
+        # SFX hits are decided by the peak finder (the SFX report checks them, against
+        # the truth too): the annotation's lit-pixel hits are judged for SPI only
+        return {"hit_finding": technique(run) == "spi", "truth_checks": technique(run) == "spi"}
     return {}
 
 
@@ -226,7 +251,12 @@ def stage_inputs(run, stage):
         return {"dark_file": [os.path.join(RESULTS, "calibration", "constants", f"AGIPD{m:02d}.h5") for m in MODULES],
                 "corr_files": [corr_file(run, m, s) for s in seqs for m in MODULES]}
     if stage == "annotation":
-        return {"annotation_files": annotation_files(run)}
+        out = {"annotation_files": annotation_files(run)}
+        if keeps_frames(run):
+            out["kept_summary"] = products["kept"][-1]
+        if truth and technique(run) in ("spi", "sfx"):
+            out["truth_file"] = truth
+        return out
     if stage == "sfx":
         out = {"annotation_files": products["peak_tables"], "cxi_files": products["cxi_hits"],
                "geom_file": os.path.join(RESULTS, f"r{r}", "sfx", "agipd.geom")}

@@ -8,4 +8,6 @@ else:
     table = steps.load_run_table(snakemake.input.table[0])
 steps.run_summary(snakemake.config, int(snakemake.wildcards.run), snakemake.params.technique,
                   snakemake.input.raw, snakemake.params.products, table,
-                  snakemake.params.benchmark_dir, snakemake.output[0], inputs=snakemake.input.table)
+                  snakemake.params.benchmark_dir, snakemake.output[0], inputs=snakemake.input.table,
+                  kept_summary_file=next((p for p in snakemake.input.products if p.endswith("kept_summary.json")), None),
+                  truth_file=snakemake.input.get("truth"))

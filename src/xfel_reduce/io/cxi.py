@@ -24,7 +24,9 @@ convention that CrystFEL expects by default (it applies its half-pixel shift).
 
 The geometry written by :func:`write_crystfel_geom` uses ``dim0 = %`` (frame) and
 the slab for ss/fs, points ``data`` and ``mask`` at the paths above and declares any
-nonzero mask bit bad (``mask_good = 0x0``, ``mask_bad = 0xffffffff``).
+nonzero mask bit bad (``mask_good = 0x0``, ``mask_bad = 0xffffffff``) and names the peak
+list (``peak_list = /entry_1/result_1``, ``peak_list_type = cxi``) so that
+``indexamajig --peaks=cxi`` uses the peaks found here.
 """
 from __future__ import annotations
 
@@ -244,6 +246,9 @@ def write_crystfel_geom(geom, path: str | os.PathLike, *, photon_energy_kev: flo
         if marker not in text:
             raise RuntimeError(f"extra-geom wrote no mask line ({marker!r}); cannot add mask_good/mask_bad")
         text = text.replace(marker, marker + "\nmask_good = 0x0\nmask_bad = 0xffffffff", 1)
+        # Without these CrystFEL ignores the peaks in the CXI file (indexamajig
+        # --peaks=cxi reads them only where the geometry says; CrystFEL geometry manual).
+        text = text.replace(marker, f"peak_list = {RESULT_PATH}\npeak_list_type = cxi\n" + marker, 1)
         tmp.write_text(text)
         os.replace(tmp, path)
     finally:

@@ -191,6 +191,7 @@ class EuXFELWriter(StreamingWriter):
         keys: Mapping[str, tuple[np.dtype | str, tuple[int, ...]]],
         chunk_rows: int | None = None,
         compression: str | None = None,
+        filters: Mapping | None = None,
     ) -> None:
         """Declare an instrument source.
 
@@ -208,6 +209,10 @@ class EuXFELWriter(StreamingWriter):
             one row for large frames).
         compression
             Optional h5py compression filter (``"gzip"``…).
+        filters
+            Further ``create_dataset`` filter arguments of the multi-dimensional keys
+            (``compression``, ``compression_opts``, ``shuffle``; e.g.
+            :func:`xfel_reduce.kept.storage_filters`); ignored for empty datasets.
         """
         counts = np.asarray(counts, dtype=np.uint64)
         if counts.shape != self.train_ids.shape:
@@ -239,9 +244,10 @@ class EuXFELWriter(StreamingWriter):
                 else:
                     rows = max(1, min(total, (1 << 20) // max(row_bytes, 1)))
                 chunks = (max(1, min(rows, total)),) + row_shape if total else None
+                extra = dict(filters) if (filters and total and row_shape) else {}
+                extra.setdefault("compression", compression)
                 grp.create_dataset(
-                    name, shape=(total,) + row_shape, dtype=dtype,
-                    chunks=chunks, compression=compression,
+                    name, shape=(total,) + row_shape, dtype=dtype, chunks=chunks, **extra,
                 )
             self._sources.append(f"INSTRUMENT/{source}/{group}")
 

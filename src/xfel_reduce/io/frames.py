@@ -26,6 +26,12 @@ _NO_DATA = np.uint32(BadPixels.MODULE_MISSING | BadPixels.VALUE_IS_NAN)
 _CORR_SOURCE_RE = re.compile(r"^(?P<det>[^/]+)/(CORR/(?P<m1>\d+)CH0:output|DET/(?P<m2>\d+)CH0:xtdf)$")
 
 
+def frame_key(train_ids: np.ndarray, pulse_ids: np.ndarray) -> np.ndarray:
+    """One sortable uint64 per frame, ``trainId·2¹⁶ + pulseId`` (pulse IDs index the
+    2700-bucket bunch pattern, so they fit in 16 bits)."""
+    return np.asarray(train_ids, np.uint64) * np.uint64(1 << 16) + np.asarray(pulse_ids, np.uint64)
+
+
 def corr_source(f, module: int, path: Path) -> str:
     """The corrected source of ``module`` in a CORR file (modern or legacy name).
 
@@ -130,12 +136,12 @@ class SequenceFrames:
             cells = np.zeros(n, np.uint16)
             nan_pixels = np.zeros(n, np.int32)
             # Encode (train, pulse) as one sortable key to find each module row's frame.
-            key_all = frame_keys[:, 0] * np.uint64(1 << 16) + frame_keys[:, 1]
+            key_all = frame_key(frame_keys[:, 0], frame_keys[:, 1])
             for j, m in enumerate(self.modules):
                 sd, have_t, pid = per_mod[m]
                 if pid.size == 0:
                     continue
-                rows = np.searchsorted(key_all, have_t * np.uint64(1 << 16) + pid)
+                rows = np.searchsorted(key_all, frame_key(have_t, pid))
                 block = read_dataset(sd["image.data"], self.paths[m], "image.data")
                 bits = read_dataset(sd["image.mask"], self.paths[m], "image.mask")
                 nan = np.isnan(block)

@@ -8,6 +8,8 @@ the files by their pattern (:func:`xfel_reduce.io.runs.raw_module_source`).
 from __future__ import annotations
 
 ANNOTATION_SOURCE = "SPB_XFEL_REDU/ANNOTATION/FRAMES:output"
+#: Annotation rows of the kept frames of an SPI/SFX run (:mod:`xfel_reduce.kept`).
+KEPT_SOURCE = "SPB_XFEL_REDU/KEPT/FRAMES:output"
 
 #: AGIPD ``bunchStructure.repetitionRate`` (MHz, as the device records it) per frame
 #: stride in 4.5 MHz buckets.
@@ -56,6 +58,11 @@ DETECTOR_AGGREGATOR_RE = r"^(AGIPD|JNGFR|LPD|DSSC|EPIX)\d\d$"
 
 def corr_filename(run: int, module: int, sequence: int) -> str:
     return f"CORR-R{run:04d}-AGIPD{module:02d}-S{sequence:05d}.h5"
+
+
+def kept_table_filename(run: int, sequence: int) -> str:
+    """Annotation rows of a sequence's kept frames, beside its kept CORR files."""
+    return f"REDU-R{run:04d}-KEPT-S{sequence:05d}.h5"
 
 
 # -- spectroscopy products (JUNGFRAU layout facts live in xfel_reduce.detectors.jungfrau) --
