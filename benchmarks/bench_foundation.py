@@ -48,6 +48,20 @@ def main() -> None:
     t_ref = best_of(lambda: correct_reference_numpy(raw, cells, const), args.repeat)
     print(f"correction : {args.frames / t_fast:8.1f} frames/s (fused kernel)  "
           f"{args.frames / t_ref:8.1f} frames/s (numpy np.where reference)  ratio {t_ref / t_fast:5.1f}x")
+    # Memory traffic of the kernel per pixel: analog + digital words in, the first
+    # threshold always and the second when the first is passed, offset, gain and
+    # bad-pixel bits of the pixel's stage, then data, gain stage and mask out.
+    n_pix = raw.shape[0] * 512 * 128
+    second = float(np.mean(raw[:, 1] >= const.thresholds[0][cells]))
+    per_pixel = (raw.itemsize * 2 + const.thresholds.itemsize * (1 + second) + const.offset.itemsize
+                 + const.adu_per_photon.itemsize + const.badpixels.itemsize + 4 + 1 + 4)
+    big = np.ones(256 * 2**20 // 4, np.float32)
+    dst = np.empty_like(big)
+    t_copy = best_of(lambda: np.copyto(dst, big), args.repeat)
+    bw = 2 * big.nbytes / t_copy / 1e9
+    achieved = n_pix * per_pixel / t_fast / 1e9
+    print(f"             {per_pixel:.1f} bytes moved per pixel -> {achieved:5.1f} GB/s; numpy copy in this "
+          f"process {bw:5.1f} GB/s (read + write): {achieved / bw:4.2f} of it")
 
     data, _, mask = correct(raw, cells, const)
     data = data.reshape(args.frames, 16, 512, 128)

@@ -131,7 +131,9 @@ def test_hit_rate_and_kept_frames_only_where_hit_finding_ran(evaluated, tech_run
     tmp, _ = tech_run
     s = json.loads((tmp / "results" / "r0011" / "summary.json").read_text())
     assert _value(evaluated, 11, "xfel_reduce_hit_rate") == pytest.approx(s["hit_rate"])
-    assert _value(evaluated, 11, "xfel_reduce_frames_kept") == s["frames_out"]["hits"]
+    # the kept-frames set (hits + sampled misses) where the run writes one, else the hits
+    assert "kept" in s["frames_out"]
+    assert _value(evaluated, 11, "xfel_reduce_frames_kept") == s["frames_out"]["kept"] == s["kept_frames"]["frames_kept"]
     for run in (12, 13, 14):  # every frame reduced: a lit-pixel "hit" selects nothing
         res, _ = evaluated[run]
         assert "not applicable" in _skip_message(res, "xfel_reduce_hit_rate")

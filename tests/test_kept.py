@@ -153,6 +153,15 @@ def test_missed_hit_estimate_rises_with_hits_below_threshold(kept_run, tmp_path)
     assert "estimated missed hits <" in est_w["statement"]
 
 
+@pytest.mark.parametrize("scores", [[], [3.0], [3.0, 4.0], [np.nan] * 5])
+def test_missed_hit_estimate_with_too_few_samples_is_json(scores):
+    import json
+
+    est = kept.missed_hit_estimate(np.array(scores), n_misses=20, n_hits=3)
+    json.dumps(est, allow_nan=False)  # summary.json refuses NaN
+    assert est["suspects"] == 0 and est["statement"]
+
+
 def test_clopper_pearson_equals_scipy_exact_interval():
     from scipy.stats import binomtest
 

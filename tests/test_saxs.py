@@ -256,6 +256,9 @@ def test_chunk_driver_from_corr_files(geom, scene, tmp_path):
     """CORR + annotation files → per-frame REDU file, partial, gather, NXcanSAS."""
     from xfel_reduce.io.euxfel import write_euxfel_file
     from xfel_reduce.io.nxcansas import read_nxcansas, write_nxcansas
+    from xfel_reduce.io.frames import SequenceFrames
+    from xfel_reduce.io.redu import write_frame_table
+    from xfel_reduce.io.sources import ANNOTATION_SOURCE
     from xfel_reduce.saxs import gather_partials, integrate_chunk, read_annotation, write_frames_redu, write_partial
 
     mods = MODULES
@@ -280,12 +283,12 @@ def test_chunk_driver_from_corr_files(geom, scene, tmp_path):
             "image.pulseId": pulse, "image.cellId": pulse.astype(np.uint16)})}, provenance={})
         files.append(path)
     ann_path = tmp_path / "REDU-R0001-ANNOT-S00000.h5"
-    write_euxfel_file(ann_path, tids, instrument={"SPB_XTD9_XGM/REDU/ANNOTATION:output": (counts, {
-        "data.trainId": frame_tid, "data.pulseId": pulse, "data.xray": xray, "data.ppl": ppl,
-        "data.pulse_energy": energy})}, provenance={})
+    write_frame_table(ann_path, ANNOTATION_SOURCE, {"trainId": frame_tid, "pulseId": pulse, "xray": xray,
+                                                    "ppl": ppl, "pulse_energy": energy}, {})
 
     ann = read_annotation(ann_path)
-    acc, per_frame = integrate_chunk(eng, files, ann, chunk_frames=3)
+    reader = SequenceFrames.from_files(files)
+    acc, per_frame = integrate_chunk(eng, reader, ann, trains_per_chunk=1)
     assert per_frame["intensity"].shape == (xray.sum(), NPT)
     # same numbers as integrating the in-memory frames directly
     direct, _ = eng.integrate(photons[xray], mask[xray])
@@ -311,8 +314,8 @@ def test_chunk_driver_from_corr_files(geom, scene, tmp_path):
     # the streaming chunk job and the gather job give the same numbers
     from xfel_reduce.saxs import gather_run, integrate_sequence
 
-    stats = integrate_sequence(eng, files, ann_path, tmp_path / "frames.h5", tmp_path / "part2.h5", {"config": {}},
-                               chunk_frames=3)
+    stats = integrate_sequence(eng, reader, ann_path, tmp_path / "frames.h5", tmp_path / "part2.h5", {"config": {}},
+                               trains_per_chunk=1)
     assert stats == {"frames": 8, "xray_frames": 6}
     src2 = extra_data.H5File(str(tmp_path / "frames.h5"))["SPB_DET_AGIPD1M-1/REDU/SAXS:output"]
     np.testing.assert_array_equal(src2["saxs.intensity"].ndarray(), per_frame["intensity"])
@@ -324,4 +327,4 @@ def test_chunk_driver_from_corr_files(geom, scene, tmp_path):
     # an annotation that misses frames is a clear error naming the file
     short = {k: v[:4] for k, v in ann.items()}
     with pytest.raises(ValueError, match="not in the annotation"):
-        integrate_chunk(eng, files, short)
+        integrate_chunk(eng, reader, short)

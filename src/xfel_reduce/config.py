@@ -10,6 +10,13 @@ import yaml
 #: Techniques whose reduction selects frames by a hit finder (SPI lit pixels, SFX peaks):
 #: only their summaries, index rows and DAMNIT cells carry a hit rate and hit counts.
 HIT_FINDING_TECHNIQUES = frozenset({"spi", "sfx"})
+#: Trains per chunk of the per-sequence passes (``calibration.trains_per_chunk``).
+TRAINS_PER_CHUNK = 4
+
+
+def trains_per_chunk(config: dict) -> int:
+    """``calibration.trains_per_chunk`` of a workflow config (default :data:`TRAINS_PER_CHUNK`)."""
+    return int((config.get("calibration") or {}).get("trains_per_chunk", TRAINS_PER_CHUNK))
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 

@@ -74,6 +74,7 @@ class ValidationConfig:
     k: float = 5.0
     confidence: float = 0.95
     photon_threshold: float = 0.7
+    #: fewer sampled misses than this: the estimate is stated but not trusted (verdict warns)
     min_samples: int = 10
 
     def __post_init__(self) -> None:
@@ -190,21 +191,26 @@ def storage_filters(compression: str) -> dict:
 
 # -- writing one sequence -------------------------------------------------------------------
 def _module_rows(path: Path, module: int):
-    """(source, row indices, trainId and pulseId per row, the file's trains) of a CORR file."""
+    """(source, row indices, trainId and pulseId per row, the file's trains) of a CORR file.
+
+    Rows come from extra-data's own index of the file (INDEX/trainId may be padded
+    with zeros, and suspect trains are left out), so they are exactly the frames the
+    annotation saw.
+    """
     from .io.frames import corr_source
 
-    f = open_file(path)
-    src = corr_source(f, module, path)
-    good = np.asarray(f.train_ids, np.uint64)
+    dc = open_file(path)
+    src = corr_source(dc, module, path)
+    fa = dc[src].files[0]
+    firsts, counts = fa.get_index(src, "image")
+    tids = np.asarray(fa.train_ids, np.uint64)
+    good = np.asarray(dc.train_ids, np.uint64)
+    sel = np.isin(tids, good)
+    rows = np.concatenate([np.arange(a, a + c, dtype=np.int64) for a, c in zip(firsts[sel], counts[sel])]
+                          or [np.zeros(0, np.int64)])
     with h5py.File(path, "r") as h:
-        tids = h["INDEX/trainId"][:].astype(np.uint64)
-        first = h[f"INDEX/{src}/image/first"][:].astype(np.int64)
-        count = h[f"INDEX/{src}/image/count"][:].astype(np.int64)
-        sel = np.isin(tids, good)
-        rows = np.concatenate([np.arange(a, a + c) for a, c in zip(first[sel], count[sel])]
-                              or [np.zeros(0, np.int64)])
         pid = h[f"INSTRUMENT/{src}/image/pulseId"][:].reshape(-1)[rows].astype(np.uint64)
-    return src, rows, np.repeat(tids[sel], count[sel]), pid, good
+    return src, rows, np.repeat(tids[sel], counts[sel].astype(np.int64)), pid, good
 
 
 def write_kept_sequence(corr_files: Mapping[int, os.PathLike], run_table: Mapping[str, np.ndarray],
@@ -381,20 +387,27 @@ def missed_hit_estimate(scores: np.ndarray, n_misses: int, n_hits: int,
         m = r * n_misses
         return m / (n_hits + m) if (n_hits + m) > 0 else 0.0
 
+    def finite(x):  # too few samples for the statistics: absent, not NaN (JSON has no NaN)
+        return x if np.isfinite(x) else None
+
     out = {"sampled": n, "suspects": k, "misses": int(n_misses), "hits": int(n_hits),
-           "k_sigma": cfg.k, "confidence": cfg.confidence, "score_median": med, "score_sigma": sig,
+           "k_sigma": cfg.k, "confidence": cfg.confidence, "score_median": finite(med),
+           "score_sigma": finite(sig),
            "rate": rate if n else None, "rate_lower": lo if n else None, "rate_upper": hi if n else None,
            "missed_hits": rate * n_misses if n else None,
            "missed_hits_upper": hi * n_misses if n else None,
            "missed_fraction": frac(rate) if n else None,
            "missed_fraction_lower": frac(lo) if n else None,
-           "missed_fraction_upper": frac(hi) if n else None}
+           "missed_fraction_upper": frac(hi) if n else None,
+           "enough_samples": n >= cfg.min_samples}
     if n:
         out["statement"] = (f"estimated missed hits < {100 * frac(hi):.1f} % of all hits at "
                             f"{100 * cfg.confidence:.0f} % ({k} suspect of {n} sampled misses, "
                             f"{n_misses} misses)")
     else:
         out["statement"] = "no sampled misses: the missed hits cannot be estimated (raise reduction.miss_fraction)"
+    if 0 < n < cfg.min_samples:
+        out["statement"] += f"; fewer than {cfg.min_samples} samples (reduction.validation.min_samples)"
     return out
 
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -61,7 +61,6 @@ __all__ = [
     "sphere_intensity",
     "sphere_volume_nm3",
     "fit_sphere",
-    "iter_corr_frames",
     "read_annotation",
     "integrate_chunk",
     "gather_partials",
@@ -971,151 +970,21 @@ def fit_sphere(
 # --------------------------------------------------------------------------
 # reading CORR / annotation and the per-chunk / per-run drivers
 # --------------------------------------------------------------------------
-def _corr_base(path: Path, m: int, source_template: str | None = None) -> str:
-    """``INSTRUMENT/<source>/image`` of module ``m`` in a CORR file: the given template,
-    else the file's own corrected source (:func:`xfel_reduce.io.frames.corr_source`:
-    any detector name, modern or legacy proc)."""
-    if source_template is not None:
-        return f"INSTRUMENT/{source_template.format(m=m)}/image"
-    from .io.frames import corr_source
-    from .io.runs import open_file
-
-    return f"INSTRUMENT/{corr_source(open_file(path), m, Path(path))}/image"
-
-
-def _module_of(path: Path) -> int:
-    import re
-
-    match = re.search(r"AGIPD(\d+)", path.name)
-    if not match:
-        raise ValueError(f"cannot tell the AGIPD module number from file name {path}")
-    return int(match.group(1))
-
-
-def iter_corr_frames(
-    corr_files: Sequence[str | Path],
-    chunk_frames: int = 64,
-    source_template: str | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Stream stacked frames from the CORR files of one sequence.
-
-    All module files must hold the same frames (same trainId/pulseId rows), as
-    CORR files written by the calibration do; otherwise a clear error names the
-    file.  Memory is bounded by ``chunk_frames`` frames.
-
-    Yields
-    ------
-    dict
-        ``data`` float32 (n, n_mod, 512, 128), ``mask`` uint32 (same),
-        ``trainId``, ``pulseId``, ``cellId`` (n,), ``modules`` (list).
-    """
-    import h5py
-
-    paths = sorted((Path(p) for p in corr_files), key=_module_of)
-    if not paths:
-        raise ValueError("no CORR files given to the SAXS integration")
-    modules = [_module_of(p) for p in paths]
-    handles = []
-    try:
-        ref_tid = ref_pid = None
-        # each module's source is found once, not per chunk
-        bases = [_corr_base(p, m, source_template) for p, m in zip(paths, modules)]
-        for p, m, base in zip(paths, modules, bases):
-            f = h5py.File(p, "r")
-            handles.append(f)
-            if base not in f:
-                raise KeyError(f"{p}: no {base}; is this an AGIPD CORR file of module {m}?")
-            tid = f[f"{base}/trainId"][()].ravel()
-            pid = f[f"{base}/pulseId"][()].ravel()
-            if ref_tid is None:
-                ref_tid, ref_pid = tid, pid
-            elif tid.shape != ref_tid.shape or not (np.array_equal(tid, ref_tid) and np.array_equal(pid, ref_pid)):
-                raise ValueError(
-                    f"{p}: frames (trainId/pulseId) differ from {paths[0]}; the CORR files of one "
-                    "sequence must be aligned — re-run the calibration for this sequence"
-                )
-        n = ref_tid.size
-        cell = handles[0][f"{bases[0]}/cellId"][()].ravel()
-        for a in range(0, n, chunk_frames):
-            b = min(n, a + chunk_frames)
-            data = np.empty((b - a, len(paths), 512, 128), np.float32)
-            mask = np.empty((b - a, len(paths), 512, 128), np.uint32)
-            for i, (f, base) in enumerate(zip(handles, bases)):
-                # Read contiguous, then copy: HDF5 scattering straight into the
-                # strided module slice ran at ~90 MB/s (23 s of a 29 s SAXS chunk).
-                data[:, i] = f[f"{base}/data"][a:b]
-                if f"{base}/mask" in f:
-                    mask[:, i] = f[f"{base}/mask"][a:b]
-                else:
-                    mask[:, i] = 0
-            yield {"data": data, "mask": mask, "trainId": ref_tid[a:b], "pulseId": ref_pid[a:b],
-                   "cellId": cell[a:b], "modules": modules}
-    finally:
-        for f in handles:
-            f.close()
-
-
-ANNOTATION_KEYS = ("trainId", "pulseId", "xray", "ppl", "pulse_energy")
-
-
 def read_annotation(path: str | Path) -> dict[str, np.ndarray]:
-    """Per-frame annotation arrays from a REDU annotation file.
+    """Per-frame annotation of one sequence (the annotation stage's REDU file)."""
+    from .io.redu import read_frame_table
+    from .io.sources import ANNOTATION_SOURCE
 
-    Looks for datasets named ``trainId``, ``pulseId``, ``xray``, ``ppl``,
-    ``pulse_energy`` anywhere under ``INSTRUMENT`` (the file's source name is the
-    annotation stage's business).
-    """
-    import h5py
-
-    found: dict[str, np.ndarray] = {}
-    where: dict[str, str] = {}
-    with h5py.File(path, "r") as f:
-        if "INSTRUMENT" not in f:
-            raise KeyError(f"{path}: no INSTRUMENT group; not an EuXFEL-layout annotation file")
-
-        def visit(name: str, obj) -> None:
-            key = name.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
-            if isinstance(obj, h5py.Dataset) and key in ANNOTATION_KEYS and key not in found:
-                found[key] = obj[()].ravel()
-                where[key] = name
-
-        f["INSTRUMENT"].visititems(visit)
-        if "trainId" not in found and "xray" in found:
-            # tables written by io.redu keep the train of each row only in the
-            # INDEX (first/count per train): rebuild the per-frame train IDs
-            group = where["xray"].rsplit("/", 1)[0]
-            count = f[f"INDEX/{group}/count"][()].astype(np.int64)
-            found["trainId"] = np.repeat(f["INDEX/trainId"][()], count)
-    missing = [k for k in ANNOTATION_KEYS if k not in found]
-    if missing:
-        raise KeyError(f"{path}: annotation lacks {missing}; re-run the annotation stage")
-    return found
-
-
-def _match_frames(ann: Mapping[str, np.ndarray], tid: np.ndarray, pid: np.ndarray, where: str) -> np.ndarray:
-    """Row in the annotation of each (trainId, pulseId); error if any is missing."""
-    key_a = ann["trainId"].astype(np.int64) * 4096 + ann["pulseId"].astype(np.int64)
-    key_f = tid.astype(np.int64) * 4096 + pid.astype(np.int64)
-    order = np.argsort(key_a, kind="stable")
-    pos = np.searchsorted(key_a[order], key_f)
-    pos = np.clip(pos, 0, key_a.size - 1)
-    idx = order[pos]
-    if not np.array_equal(key_a[idx], key_f):
-        bad = int(np.flatnonzero(key_a[idx] != key_f)[0])
-        raise ValueError(
-            f"{where}: frame trainId={int(tid[bad])} pulseId={int(pid[bad])} is not in the annotation; "
-            "annotation and CORR files are out of sync — re-run the annotation for this sequence"
-        )
-    return idx
+    return read_frame_table(Path(path), ANNOTATION_SOURCE)
 
 
 def integrate_chunk(
     engine: AzimuthalEngine,
-    corr_files: Sequence[str | Path],
+    reader,
     annotation: Mapping[str, np.ndarray],
     *,
     xgm_normalise: bool = False,
-    chunk_frames: int = 64,
+    trains_per_chunk: int = 4,
     user_mask: np.ndarray | None = None,
     keep_image: bool = True,
     sink: Callable[[dict[str, np.ndarray]], None] | None = None,
@@ -1123,16 +992,17 @@ def integrate_chunk(
 ) -> tuple[SaxsAccumulator, dict[str, np.ndarray]]:
     """Integrate the X-ray frames of one sequence chunk.
 
-    Memory is bounded by ``chunk_frames`` unless ``collect`` is true (then the
-    per-frame profiles of the whole sequence are returned); for production use
+    Memory is bounded by ``trains_per_chunk`` trains unless ``collect`` is true (then
+    the per-frame profiles of the whole sequence are returned); for production use
     :func:`integrate_sequence`, which streams them into the REDU file.
 
     Parameters
     ----------
     engine
         Built once per run (same modules as the CORR files).
-    corr_files
-        CORR files of one sequence (one per module).
+    reader
+        The sequence's frames, :class:`xfel_reduce.io.frames.SequenceFrames` (same
+        modules as the engine); frames missing from a module are masked there.
     annotation
         From :func:`read_annotation` (per-frame xray, ppl, pulse_energy).
     xgm_normalise
@@ -1154,15 +1024,17 @@ def integrate_chunk(
     acc = SaxsAccumulator(engine.radial, engine.frame_shape if keep_image else None, xgm_normalised=xgm_normalise,
                           poisson_k=engine.poisson_k)
     out: dict[str, list] = {k: [] for k in ("trainId", "pulseId", "cellId", "ppl", "pulse_energy", "intensity", "sigma")}
-    where = str(Path(corr_files[0]).name) if corr_files else "?"
-    for chunk in iter_corr_frames(corr_files, chunk_frames):
-        if len(chunk["modules"]) != engine.frame_shape[0]:
-            raise ValueError(f"{where}: {len(chunk['modules'])} module files but the engine expects {engine.frame_shape[0]}")
-        idx = _match_frames(annotation, chunk["trainId"], chunk["pulseId"], where)
+    from .io.frames import match_frames
+
+    where = str(next(iter(reader.paths.values())).name) if getattr(reader, "paths", None) else "?"
+    if len(reader.modules) != engine.frame_shape[0]:
+        raise ValueError(f"{where}: {len(reader.modules)} modules but the engine expects {engine.frame_shape[0]}")
+    for chunk in reader.iter_chunks(trains_per_chunk):
+        idx = match_frames(annotation["trainId"], annotation["pulseId"], chunk.train_ids, chunk.pulse_ids, where)
         xray = np.asarray(annotation["xray"], bool)[idx]
         if not xray.any():
             continue
-        data, mask = chunk["data"][xray], chunk["mask"][xray]
+        data, mask = chunk.data[xray], chunk.mask[xray]
         if user_mask is not None:
             mask = mask | (np.asarray(user_mask).reshape(engine.frame_shape) != 0).astype(np.uint32)
         ppl = np.asarray(annotation["ppl"], bool)[idx][xray]
@@ -1172,14 +1044,14 @@ def integrate_chunk(
             if np.any(~(energy > 0)):
                 bad = int(np.flatnonzero(~(energy > 0))[0])
                 raise ValueError(
-                    f"{where}: X-ray frame trainId={int(chunk['trainId'][xray][bad])} has pulse energy "
+                    f"{where}: X-ray frame trainId={int(chunk.train_ids[xray][bad])} has pulse energy "
                     f"{energy[bad]}; cannot normalise by XGM — check the XGM data or disable xgm_normalise"
                 )
             intensity = intensity / energy[:, None]
             sigma = sigma / energy[:, None]
         acc.add(intensity, sigma, ppl, energy, data if keep_image else None, mask if keep_image else None)
-        rows = {"trainId": chunk["trainId"][xray], "pulseId": chunk["pulseId"][xray],
-                "cellId": chunk["cellId"][xray], "ppl": ppl, "pulse_energy": energy,
+        rows = {"trainId": chunk.train_ids[xray], "pulseId": chunk.pulse_ids[xray],
+                "cellId": chunk.cell_ids[xray], "ppl": ppl, "pulse_energy": energy,
                 "intensity": intensity.astype(np.float32), "sigma": sigma.astype(np.float32)}
         if sink is not None:
             sink(rows)
@@ -1228,49 +1100,47 @@ SAXS_SOURCE = "SPB_DET_AGIPD1M-1/REDU/SAXS:output"
 
 def integrate_sequence(
     engine: AzimuthalEngine,
-    corr_files: Sequence[str | Path],
+    reader,
     annotation_file: str | Path,
     frames_out: str | Path,
     partial_out: str | Path,
     provenance: Mapping[str, Any],
     *,
     xgm_normalise: bool = False,
-    chunk_frames: int = 64,
+    trains_per_chunk: int = 4,
     user_mask: np.ndarray | None = None,
     source: str = SAXS_SOURCE,
 ) -> dict[str, int]:
-    """The ``saxs`` chunk job: CORR + annotation → per-frame REDU file + partial.
+    """The ``saxs`` chunk job: frames + annotation → per-frame REDU file + partial.
 
     Per-frame I(q), σ(q) of the X-ray frames stream into ``frames_out`` (EuXFEL
     REDU layout, see :func:`write_frames_redu` for the keys) chunk by chunk, so
-    memory is bounded by ``chunk_frames`` whatever the sequence length; the
+    memory is bounded by ``trains_per_chunk`` whatever the sequence length; the
     mergeable :class:`SaxsAccumulator` goes to ``partial_out`` (group
     ``saxs_partial``) for :func:`gather_partials`.  Both files are written
     atomically and carry provenance.
 
+    Parameters
+    ----------
+    reader
+        :class:`xfel_reduce.io.frames.SequenceFrames` of the sequence.
+    annotation_file
+        The sequence's annotation (its frames are the reader's frames).
+
     Returns
     -------
     dict
-        ``frames`` (all frames in the CORR files), ``xray_frames`` (integrated).
+        ``frames`` (all frames of the sequence), ``xray_frames`` (integrated).
     """
-    import h5py
-
     from .io.euxfel import EuXFELWriter
 
     ann = read_annotation(annotation_file)
-    paths = sorted((Path(p) for p in corr_files), key=_module_of)
-    if not paths:
-        raise ValueError("no CORR files given to the SAXS integration")
-    m0 = _module_of(paths[0])
-    with h5py.File(paths[0], "r") as f:
-        base = _corr_base(paths[0], m0)
-        tid = f[f"{base}/trainId"][()].ravel()
-        pid = f[f"{base}/pulseId"][()].ravel()
-        file_trains = f["INDEX/trainId"][()].astype(np.uint64)
-    idx = _match_frames(ann, tid, pid, paths[0].name)
-    xray = np.asarray(ann["xray"], bool)[idx]
+    file_trains = np.asarray(reader.train_ids, np.uint64)
+    xray = np.asarray(ann["xray"], bool)
+    in_seq = np.isin(ann["trainId"], file_trains)
     # rows per train of the output: X-ray frames only, every train of the input
-    counts = np.array([np.count_nonzero(xray[tid == t]) for t in file_trains], dtype=np.uint64)
+    counts = np.bincount(np.searchsorted(file_trains, ann["trainId"][in_seq & xray]),
+                         minlength=file_trains.size).astype(np.uint64)
     npt = engine.npt
     keys = {"saxs.intensity": (np.float32, (npt,)), "saxs.sigma": (np.float32, (npt,)),
             "saxs.trainId": (np.uint64, ()), "saxs.pulseId": (np.uint64, ()), "saxs.cellId": (np.uint16, ()),
@@ -1287,12 +1157,13 @@ def integrate_sequence(
                 w.write_rows(source, f"saxs.{k}", pos[0], np.asarray(rows[k]).astype(keys[f"saxs.{k}"][0]))
             pos[0] += n
 
-        acc, _ = integrate_chunk(engine, paths, ann, xgm_normalise=xgm_normalise, chunk_frames=chunk_frames,
+        acc, _ = integrate_chunk(engine, reader, ann, xgm_normalise=xgm_normalise, trains_per_chunk=trains_per_chunk,
                                  user_mask=user_mask, sink=sink, collect=False)
         if pos[0] != int(counts.sum()):
-            raise RuntimeError(f"{frames_out}: wrote {pos[0]} rows, expected {int(counts.sum())}")
+            raise RuntimeError(f"{frames_out}: wrote {pos[0]} rows, expected {int(counts.sum())} "
+                               "(annotation and frames out of sync)")
     write_partial(partial_out, acc, engine.describe(), provenance)
-    return {"frames": int(tid.size), "xray_frames": int(pos[0])}
+    return {"frames": int(in_seq.sum()), "xray_frames": int(pos[0])}
 
 
 def gather_run(
@@ -1351,16 +1222,13 @@ def gather_partials(paths: Iterable[str | Path]) -> SaxsAccumulator:
 
 
 def write_partial(path: str | Path, acc: SaxsAccumulator, engine_info: Mapping[str, Any], provenance: Mapping[str, Any]) -> None:
-    """Write a chunk partial atomically (temporary file + rename)."""
+    """Write a chunk partial atomically (it appears only when complete)."""
     import json
-    import os
 
-    import h5py
+    from .io.euxfel import AtomicH5File
+    from .io.provenance import attach_provenance
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with AtomicH5File(path) as f:
         acc.to_h5(f.create_group("saxs_partial"))
         f.attrs["engine"] = json.dumps(dict(engine_info))
-        f.attrs["provenance"] = json.dumps(dict(provenance), default=str)
-    os.replace(tmp, path)
+        attach_provenance(f, dict(provenance))

@@ -17,7 +17,7 @@ from .aggregate import Moments
 from .calibrate import agipd
 from .calibrate.correct import CommonMode
 from .calibrate.dark import BadPixelRules
-from .config import HIT_FINDING_TECHNIQUES, modules_of
+from .config import HIT_FINDING_TECHNIQUES, modules_of, trains_per_chunk
 from .io import sources
 from .io.atomic import write_json
 from .io.euxfel import AtomicH5File
@@ -99,7 +99,7 @@ def correct_file(config: dict, module: int, raw: Path, constants: Path, output: 
     prov = provenance(config, [raw, constants], step="correct", module=module)
     consts = agipd.load_constants(Path(constants))
     return agipd.correct_sequence(Path(raw), Path(output), module, consts, prov, common,
-                                  trains_per_chunk=int(cal.get("trains_per_chunk", 8)), progress=log)
+                                  trains_per_chunk=trains_per_chunk(config), progress=log)
 
 
 # -- annotation -----------------------------------------------------------------------
@@ -153,7 +153,7 @@ def annotate_chunk(config: dict, corr_files: Sequence[Path], train_files: Sequen
     cfg = annotate.AnnotationConfig.from_dict(config.get("annotation"))
     beam_table = sequence_beam(config, train_files, reader.train_ids, cfg.xray_frames, raw_dir)
     table, images = annotate.annotate_sequence(reader, cfg, beam_table,
-                                               int(config["calibration"].get("trains_per_chunk", 4)),
+                                               trains_per_chunk(config),
                                                progress=log)
     missing = int((table["modules_present"] < len(mods)).sum())
     if missing:
@@ -216,9 +216,7 @@ def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_f
     tables = [read_frame_table(Path(a), sources.ANNOTATION_SOURCE) for a in annotation_files]
     table = annotate.concat_tables(tables) if tables else annotate.empty_table(0)
     if peak_tables:
-        from .techniques import SFX_SOURCE
-
-        peaks = annotate.concat_tables_any([read_frame_table(Path(p), SFX_SOURCE) for p in peak_tables])
+        peaks = annotate.concat_tables_any([read_frame_table(Path(p), sources.SFX_SOURCE) for p in peak_tables])
         key = frame_key(table["trainId"], table["pulseId"])
         pkey = frame_key(peaks["trainId"], peaks["pulseId"])
         if not np.array_equal(np.sort(pkey), key):

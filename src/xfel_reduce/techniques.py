@@ -21,11 +21,11 @@ from .io.runs import InputDataError
 from .io.frames import SequenceFrames, frame_key
 from .io.provenance import attach_provenance, provenance
 from .io.redu import read_frame_table, write_frame_table
-from .config import modules_of
+from .config import modules_of, trains_per_chunk
 
 log = logging.getLogger("xfel_reduce")
 
-SFX_SOURCE = "SPB_XFEL_REDU/SFX/PEAKS:output"
+SFX_SOURCE = sources.SFX_SOURCE
 
 
 def run_setup(config: dict, run: int) -> dict:
@@ -193,7 +193,7 @@ def xpcs_chunk(config: dict, run: int, corr_files: Sequence[Path], annotation_fi
                             photonize_threshold=cfg.get("photonize_threshold", 0.5))
     reader = _reader(config, corr_files)
     done = 0
-    for chunk in reader.iter_chunks(int(config["calibration"].get("trains_per_chunk", 4))):
+    for chunk in reader.iter_chunks(trains_per_chunk(config)):
         xray = annot["xray"][rows(chunk.train_ids, chunk.pulse_ids)]
         for tid in np.unique(chunk.train_ids):
             sel = (chunk.train_ids == tid) & xray
@@ -266,7 +266,8 @@ def saxs_chunk(config: dict, run: int, corr_files: Sequence[Path], annotation_fi
 
     engine = saxs_engine(config, run, reference_corr)
     prov = provenance(config, list(corr_files) + [annotation_file], step="saxs_chunk", run=run)
-    return integrate_sequence(engine, corr_files, annotation_file, frames_out, partial_out, prov,
+    return integrate_sequence(engine, _reader(config, corr_files), annotation_file, frames_out, partial_out, prov,
+                              trains_per_chunk=trains_per_chunk(config),
                               xgm_normalise=bool(config.get("saxs", {}).get("xgm_normalise", False)))
 
 

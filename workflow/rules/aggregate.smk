@@ -2,11 +2,10 @@
 
 rule aggregate:
     input:
-        partials=lambda w: expand(os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5"),
-                                  run=w.run, seq=sequences(w.run)),
+        partials=lambda w: expand(PARTIAL_FILE, run=w.run, seq=sequences(w.run)),
         annotation=lambda w: annotation_files(w.run),
         peaks=lambda w: technique_products(w.run).get("peak_tables", []),
-    output: os.path.join(RESULTS, "r{run}", "aggregate", "run.h5")
+    output: AGGREGATE_FILE
     log: os.path.join(RESULTS, "logs", "r{run}", "aggregate.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "aggregate.tsv")
     resources: mem_mb=scaled(4000), runtime=scaled(20)

@@ -5,7 +5,7 @@ rule annotate_chunk:
     input:
         corr=lambda w: [corr_file(w.run, m, w.seq) for m in MODULES],
         train=lambda w: train_files(w.run),
-    output: os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5")
+    output: PARTIAL_FILE
     params: raw_dir=lambda w: raw_dir(w.run)
     log: os.path.join(RESULTS, "logs", "r{run}", "annotate", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotate", "S{seq}.tsv")
@@ -18,8 +18,8 @@ rule annotate_chunk:
 
 
 rule hit_thresholds:
-    input: lambda w: expand(os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5"), run=w.run, seq=sequences(w.run))
-    output: os.path.join(RESULTS, "r{run}", "partials", "hit_thresholds.h5")
+    input: lambda w: expand(PARTIAL_FILE, run=w.run, seq=sequences(w.run))
+    output: HIT_THRESHOLDS_FILE
     log: os.path.join(RESULTS, "logs", "r{run}", "hit_thresholds.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "hit_thresholds.tsv")
     resources: mem_mb=scaled(1000), runtime=scaled(10)
@@ -30,9 +30,9 @@ rule hit_thresholds:
 
 rule annotation:
     input:
-        partial=os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5"),
-        thresholds=os.path.join(RESULTS, "r{run}", "partials", "hit_thresholds.h5"),
-    output: os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANNOT-S{seq}.h5")
+        partial=PARTIAL_FILE,
+        thresholds=HIT_THRESHOLDS_FILE,
+    output: ANNOTATION_FILE
     log: os.path.join(RESULTS, "logs", "r{run}", "annotation", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotation", "S{seq}.tsv")
     resources: mem_mb=scaled(1000), runtime=scaled(10)

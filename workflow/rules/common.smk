@@ -127,9 +127,15 @@ def corr_file(run, module, seq):
     return os.path.join(base, f"CORR-R{int(run):04d}-AGIPD{int(module):02d}-S{int(seq):05d}.h5")
 
 
+# Output path templates used by more than one rule file: defined once here.
+ANNOTATION_FILE = os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANNOT-S{seq}.h5")
+PARTIAL_FILE = os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5")
+AGGREGATE_FILE = os.path.join(RESULTS, "r{run}", "aggregate", "run.h5")
+HIT_THRESHOLDS_FILE = os.path.join(RESULTS, "r{run}", "partials", "hit_thresholds.h5")
+
+
 def annotation_files(run):
-    return expand(os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANNOT-S{seq}.h5"),
-                  run=f"{int(run):04d}", seq=sequences(run))
+    return expand(ANNOTATION_FILE, run=f"{int(run):04d}", seq=sequences(run))
 
 
 def technique(run):
@@ -188,7 +194,7 @@ def technique_products(run):
             "spectra_frames": [os.path.join(base, "spectroscopy", f"REDU-R{r}-SPEC-S{s}.h5") for s in seqs],
             "spectra": [os.path.join(base, "spectroscopy", n) for n in ("spectra.h5", "spectra_summary.json")],
         }
-    agipd = {"annotation": annotation_files(run), "aggregate": [os.path.join(base, "aggregate", "run.h5")]}
+    agipd = {"annotation": annotation_files(run), "aggregate": expand(AGGREGATE_FILE, run=r)}
     if keeps_frames(run):
         agipd["kept"] = kept_files(run) + [os.path.join(base, "kept", "kept_summary.json")]
     if t == "sfx":

@@ -6,7 +6,7 @@
 rule kept_frames:
     input:
         corr=lambda w: [corr_file(w.run, m, w.seq) for m in MODULES],
-        aggregate=os.path.join(RESULTS, "r{run}", "aggregate", "run.h5"),
+        aggregate=AGGREGATE_FILE,
     output:
         corr=[os.path.join(RESULTS, "r{run}", "kept", f"CORR-R{{run}}-AGIPD{m:02d}-S{{seq}}.h5") for m in MODULES],
         table=os.path.join(RESULTS, "r{run}", "kept", "REDU-R{run}-KEPT-S{seq}.h5"),
@@ -26,8 +26,8 @@ rule kept_frames:
 rule spi_redu:
     input:
         corr=lambda w: corr_file(w.run, MODULES[0], w.seq),
-        aggregate=os.path.join(RESULTS, "r{run}", "aggregate", "run.h5"),
-        thresholds=os.path.join(RESULTS, "r{run}", "partials", "hit_thresholds.h5"),
+        aggregate=AGGREGATE_FILE,
+        thresholds=HIT_THRESHOLDS_FILE,
     output: os.path.join(RESULTS, "r{run}", "kept", "CORR-R{run}-REDU00-S{seq}.h5")
     group: "kept"
     log: os.path.join(RESULTS, "logs", "r{run}", "spi_redu", "S{seq}.log")
@@ -41,7 +41,7 @@ rule kept_summary:
     input:
         kept=lambda w: kept_files(w.run),
         raw=lambda w: run_raw_files(w.run),
-        aggregate=os.path.join(RESULTS, "r{run}", "aggregate", "run.h5"),
+        aggregate=AGGREGATE_FILE,
     output: os.path.join(RESULTS, "r{run}", "kept", "kept_summary.json")
     params: technique=lambda w: technique(w.run)
     log: os.path.join(RESULTS, "logs", "r{run}", "kept_summary.log")

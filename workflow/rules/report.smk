@@ -1,7 +1,7 @@
 # Validation reports: one papermill notebook per (run, stage) -> standalone HTML,
 # plus results/index.html listing every run.
 #
-# Needs from common.smk: RESULTS (str), RUNS (list of int), run_stages(run) -> list
+# Needs from common.smk: RESULTS (str), RUNS ({run number: run entry}), run_stages(run) -> list
 # of stage names with a template reports/<stage>.ipynb, and stage_inputs(run, stage)
 # -> {parameter name: path or list of paths}, the files the stage's notebook reads.
 # Extra notebook parameters (acceptance limits, expected hit rate, ...) come from

@@ -3,7 +3,7 @@
 rule saxs_chunk:
     input:
         corr=lambda w: [corr_file(w.run, m, w.seq) for m in MODULES],
-        annotation=os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANNOT-S{seq}.h5"),
+        annotation=ANNOTATION_FILE,
         reference=run_reference_corr,
     output:
         frames=os.path.join(RESULTS, "r{run}", "saxs", "REDU-R{run}-SAXS-S{seq}.h5"),

@@ -3,7 +3,7 @@
 rule sfx_chunk:
     input:
         corr=lambda w: [corr_file(w.run, m, w.seq) for m in MODULES],
-        annotation=os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANNOT-S{seq}.h5"),
+        annotation=ANNOTATION_FILE,
     output:
         cxi=os.path.join(RESULTS, "r{run}", "sfx", "hits-S{seq}.cxi"),
         table=os.path.join(RESULTS, "r{run}", "sfx", "peaks", "REDU-R{run}-SFX-S{seq}.h5"),

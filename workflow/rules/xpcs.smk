@@ -3,7 +3,7 @@
 rule xpcs_chunk:
     input:
         corr=lambda w: [corr_file(w.run, m, w.seq) for m in MODULES],
-        annotation=os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANNOT-S{seq}.h5"),
+        annotation=ANNOTATION_FILE,
         reference=run_reference_corr,
     output: os.path.join(RESULTS, "r{run}", "xpcs", "partials", "S{seq}.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "xpcs", "S{seq}.log")

@@ -32,6 +32,27 @@ def frame_key(train_ids: np.ndarray, pulse_ids: np.ndarray) -> np.ndarray:
     return np.asarray(train_ids, np.uint64) * np.uint64(1 << 16) + np.asarray(pulse_ids, np.uint64)
 
 
+def match_frames(table_train_ids: np.ndarray, table_pulse_ids: np.ndarray, train_ids: np.ndarray,
+                 pulse_ids: np.ndarray, where: str) -> np.ndarray:
+    """Row of a per-frame table (e.g. the annotation) for each given frame.
+
+    A frame the table lacks is an error naming it and ``where``: table and frames are
+    then out of sync (re-run the step that wrote the table).
+    """
+    key_t = frame_key(table_train_ids, table_pulse_ids)
+    key_f = frame_key(train_ids, pulse_ids)
+    order = np.argsort(key_t, kind="stable")
+    pos = np.clip(np.searchsorted(key_t[order], key_f), 0, max(key_t.size - 1, 0))
+    idx = order[pos] if key_t.size else np.zeros(key_f.size, np.intp)
+    ok = (key_t[idx] == key_f) if key_t.size else np.zeros(key_f.size, bool)
+    if not ok.all():
+        bad = int(np.flatnonzero(~ok)[0])
+        raise ValueError(
+            f"{where}: frame trainId={int(train_ids[bad])} pulseId={int(pulse_ids[bad])} is not in the "
+            "annotation; annotation and CORR files are out of sync — re-run the annotation for this sequence")
+    return idx
+
+
 def corr_source(f, module: int, path: Path) -> str:
     """The corrected source of ``module`` in a CORR file (modern or legacy name).
 
@@ -109,6 +130,21 @@ class SequenceFrames:
         if train_ids is not None:
             tids = np.intersect1d(tids, np.asarray(train_ids, np.uint64))
         self.train_ids = tids
+
+    @classmethod
+    def from_files(cls, corr_files: Sequence[Path], train_ids: Sequence[int] | None = None) -> "SequenceFrames":
+        """Reader of CORR files whose modules are read from their sources (one module per file)."""
+        by_module = {}
+        for p in map(Path, corr_files):
+            mods = {int(m.group("m1") or m.group("m2")) for m in map(_CORR_SOURCE_RE.match, open_file(p).instrument_sources)
+                    if m}
+            if len(mods) != 1:
+                raise InputDataError(f"{p}: expected the corrected source of one module, found modules {sorted(mods)}")
+            m = mods.pop()
+            if m in by_module:
+                raise InputDataError(f"{p} and {by_module[m]} both hold module {m}")
+            by_module[m] = p
+        return cls(by_module, train_ids)
 
     def iter_chunks(self, trains_per_chunk: int = 4) -> Iterator[FrameChunk]:
         from extra_data import by_id

@@ -8,6 +8,8 @@ the files by their pattern (:func:`xfel_reduce.io.runs.raw_module_source`).
 from __future__ import annotations
 
 ANNOTATION_SOURCE = "SPB_XFEL_REDU/ANNOTATION/FRAMES:output"
+#: Per-frame peak tables of SFX runs (``n_peaks``, peak-count ``hit``).
+SFX_SOURCE = "SPB_XFEL_REDU/SFX/PEAKS:output"
 #: Annotation rows of the kept frames of an SPI/SFX run (:mod:`xfel_reduce.kept`).
 KEPT_SOURCE = "SPB_XFEL_REDU/KEPT/FRAMES:output"
 
