@@ -265,7 +265,8 @@ def stage_inputs(run, stage):
         return out
     if stage == "sfx":
         out = {"annotation_files": products["peak_tables"], "cxi_files": products["cxi_hits"],
-               "geom_file": os.path.join(RESULTS, f"r{r}", "sfx", "agipd.geom")}
+               "geom_file": os.path.join(RESULTS, f"r{r}", "sfx", "agipd.geom"),
+               "hit_statistics_file": os.path.join(RESULTS, f"r{r}", "sfx", "hit_statistics.json")}
     elif stage == "xpcs":
         out = {"xpcs_file": products["xpcs"][0]}
     elif stage == "saxs":

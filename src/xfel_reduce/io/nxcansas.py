@@ -134,6 +134,11 @@ def write_nxcansas(
         if fits:
             clean = {k: {kk: vv for kk, vv in v.items() if not isinstance(vv, np.ndarray)} for k, v in fits.items()}
             extra.attrs["fits"] = json.dumps(clean, default=float)
+            # the fitted curves too, on `q`: reports show the stored fit, never a refit
+            for g, fit in fits.items():
+                for key in ("model", "residuals"):
+                    if g in extra and isinstance(fit.get(key), np.ndarray):
+                        extra[g].create_dataset(f"fit_{key}", data=np.asarray(fit[key], np.float64))
         extra.attrs["engine"] = json.dumps(dict(engine_info or {}), default=str)
         extra.attrs["provenance"] = prov
     os.replace(tmp, path)
