@@ -357,16 +357,12 @@ def compare_with_truth(table: Mapping[str, np.ndarray], truth: Mapping[str, np.n
     Frames are matched by (trainId, pulseId); truth frames absent from the table (not
     recorded) count as missed.
     """
-    from .io.frames import frame_key
+    from .io.frames import FrameIndex
 
-    tk = frame_key(truth["trainId"], truth["pulseId"])
     true_hit = np.asarray(truth["hit"], bool)
-    k = frame_key(table["trainId"], table["pulseId"])
-    order = np.argsort(k)
-    pos = np.clip(np.searchsorted(k[order], tk), 0, max(k.size - 1, 0))
-    found = (k[order][pos] == tk) if k.size else np.zeros(tk.size, bool)
-    flagged = np.zeros(tk.size, bool)
-    flagged[found] = np.asarray(table[hit_key], bool)[order][pos[found]]
+    idx, found = FrameIndex(table["trainId"], table["pulseId"]).find(truth["trainId"], truth["pulseId"])
+    flagged = np.zeros(true_hit.size, bool)
+    flagged[found] = np.asarray(table[hit_key], bool)[idx[found]]
     tp = int((flagged & true_hit).sum())
     fp = int((flagged & ~true_hit).sum())
     fn = int((~flagged & true_hit).sum())

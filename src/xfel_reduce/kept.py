@@ -45,7 +45,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .io.frames import frame_key
+from .io.frames import FrameIndex
 from .io.runs import open_file
 
 #: Techniques whose runs can write a kept-frames set.
@@ -245,30 +245,22 @@ def write_kept_sequence(corr_files: Mapping[int, os.PathLike], run_table: Mappin
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reason_all = kept_reasons(run_table, cfg.miss_fraction, cfg.seed)
-    key_all = frame_key(run_table["trainId"], run_table["pulseId"])
-    order = np.argsort(key_all, kind="stable")
-    key_sorted = key_all[order]
+    index = FrameIndex(run_table["trainId"], run_table["pulseId"])
+    in_seq = np.zeros(reason_all.size, bool)       # run-table rows of this sequence
+    photons = np.zeros(reason_all.size, np.float64)  # validation photons, summed over modules
     modules = sorted(int(m) for m in corr_files)
     filters = storage_filters(cfg.compression)
     vcfg = cfg.validation
-    seq_keys: set[int] = set()
-    roi_photons: dict[int, float] = {}
     files = []
     detectors = set()
     for j, m in enumerate(modules):
         path = Path(corr_files[m])
         src, rows, row_tid, row_pid, trains = _module_rows(path, m)
         detectors.add(src.split("/", 1)[0])
-        rkey = frame_key(row_tid, row_pid)
-        seq_keys.update(rkey.tolist())
-        pos = np.searchsorted(key_sorted, rkey)
-        pos = np.minimum(pos, key_sorted.size - 1)
-        known = key_sorted[pos] == rkey if key_sorted.size else np.zeros(rkey.size, bool)
-        if not known.all():
-            raise ValueError(f"{path}: {int((~known).sum())} frames of module {m} are not in the "
-                             "run's annotation table: annotation and CORR files disagree")
-        keep = reason_all[order[pos]] != 0
-        krows, ktid, kpid = rows[keep], row_tid[keep], row_pid[keep]
+        t_rows = index.rows(row_tid, row_pid, str(path))
+        in_seq[t_rows] = True
+        keep = reason_all[t_rows] != 0
+        krows, ktid, kpid, kt_rows = rows[keep], row_tid[keep], row_pid[keep], t_rows[keep]
         counts = np.zeros(trains.size, np.uint64)
         np.add.at(counts, np.searchsorted(trains, ktid), 1)
         target = out_dir / corr_filename(run, m, sequence)
@@ -297,17 +289,15 @@ def write_kept_sequence(corr_files: Mapping[int, os.PathLike], run_table: Mappin
                 good = (mask == 0) & (data >= vcfg.photon_threshold)
                 if roi is not None:
                     good &= roi[j][None]
-                s = np.where(good, data, 0).sum(axis=(1, 2), dtype=np.float64)
-                for kk, v in zip(frame_key(ktid[lo:lo + block_frames], kpid[lo:lo + block_frames]).tolist(), s):
-                    roi_photons[kk] = roi_photons.get(kk, 0.0) + float(v)
+                np.add.at(photons, kt_rows[lo:lo + block_frames],
+                          np.where(good, data, 0).sum(axis=(1, 2), dtype=np.float64))
         files.append(target)
     # annotation rows of this sequence's kept frames
-    in_seq = np.isin(key_all, np.fromiter(seq_keys, np.uint64, len(seq_keys))) & (reason_all != 0)
-    idx = np.flatnonzero(in_seq)
+    idx = np.flatnonzero(in_seq & (reason_all != 0))
     idx = idx[np.lexsort((run_table["pulseId"][idx], run_table["trainId"][idx]))]
     rows_out = {k: np.asarray(v)[idx] for k, v in run_table.items()}
     rows_out["kept_reason"] = reason_all[idx]
-    photons = np.array([roi_photons.get(int(k), np.nan) for k in key_all[idx]], np.float64)
+    photons = photons[idx]
     e = np.asarray(rows_out["pulse_energy"], np.float64)
     e_ref = float(reference_energy_uj) if reference_energy_uj else float("nan")
     with np.errstate(divide="ignore", invalid="ignore"):

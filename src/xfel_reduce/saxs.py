@@ -1024,13 +1024,14 @@ def integrate_chunk(
     acc = SaxsAccumulator(engine.radial, engine.frame_shape if keep_image else None, xgm_normalised=xgm_normalise,
                           poisson_k=engine.poisson_k)
     out: dict[str, list] = {k: [] for k in ("trainId", "pulseId", "cellId", "ppl", "pulse_energy", "intensity", "sigma")}
-    from .io.frames import match_frames
+    from .io.frames import FrameIndex
 
     where = str(next(iter(reader.paths.values())).name) if getattr(reader, "paths", None) else "?"
     if len(reader.modules) != engine.frame_shape[0]:
         raise ValueError(f"{where}: {len(reader.modules)} modules but the engine expects {engine.frame_shape[0]}")
+    index = FrameIndex(annotation["trainId"], annotation["pulseId"])
     for chunk in reader.iter_chunks(trains_per_chunk):
-        idx = match_frames(annotation["trainId"], annotation["pulseId"], chunk.train_ids, chunk.pulse_ids, where)
+        idx = index.rows(chunk.train_ids, chunk.pulse_ids, where)
         xray = np.asarray(annotation["xray"], bool)[idx]
         if not xray.any():
             continue

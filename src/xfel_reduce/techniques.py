@@ -18,14 +18,12 @@ from .io import sources
 from .io.atomic import write_json
 from .io.euxfel import AtomicH5File
 from .io.runs import InputDataError
-from .io.frames import SequenceFrames, frame_key
+from .io.frames import FrameIndex, SequenceFrames
 from .io.provenance import attach_provenance, provenance
 from .io.redu import read_frame_table, write_frame_table
 from .config import modules_of, trains_per_chunk
 
 log = logging.getLogger("xfel_reduce")
-
-SFX_SOURCE = sources.SFX_SOURCE
 
 
 def run_setup(config: dict, run: int) -> dict:
@@ -94,16 +92,10 @@ def _reader(config: dict, corr_files: Sequence[Path]) -> SequenceFrames:
 def _annotation_lookup(annotation_file: Path):
     """(trainId, pulseId) → row of the sequence's annotation table."""
     table = read_frame_table(Path(annotation_file), sources.ANNOTATION_SOURCE)
-    keys = frame_key(table["trainId"], table["pulseId"])
-    order = np.argsort(keys)
+    index = FrameIndex(table["trainId"], table["pulseId"])
 
     def rows(train_ids: np.ndarray, pulse_ids: np.ndarray) -> np.ndarray:
-        k = frame_key(train_ids, pulse_ids)
-        pos = np.searchsorted(keys, k, sorter=order)
-        idx = order[np.minimum(pos, len(order) - 1)]
-        if not np.array_equal(keys[idx], k):
-            raise ValueError(f"{annotation_file}: frames of the CORR data are missing from the annotation")
-        return idx
+        return index.rows(train_ids, pulse_ids, str(annotation_file))
 
     return table, rows
 
@@ -131,7 +123,7 @@ def sfx_chunk(config: dict, run: int, corr_files: Sequence[Path], annotation_fil
     xray = annot["xray"][rows(table["trainId"], table["pulseId"])]
     table["hit"] = table["hit"] & xray
     table["xray"] = xray
-    write_frame_table(Path(out_table), SFX_SOURCE, table, prov, run=run, run_type="sfx peaks")
+    write_frame_table(Path(out_table), sources.SFX_SOURCE, table, prov, run=run, run_type="sfx peaks")
 
 
 def sfx_run(config: dict, run: int, cxi_files: Sequence[Path], tables: Sequence[Path],
@@ -145,7 +137,7 @@ def sfx_run(config: dict, run: int, cxi_files: Sequence[Path], tables: Sequence[
     geom = geometry.geometry_from_config(config.get("geometry", {}))
     cxi.write_crystfel_geom(geom, out_geom, photon_energy_kev=setup["photon_energy_kev"],
                             distance_m=setup["distance_m"])
-    t = [read_frame_table(Path(p), SFX_SOURCE) for p in tables]
+    t = [read_frame_table(Path(p), sources.SFX_SOURCE) for p in tables]
     cat = {k: np.concatenate([x[k] for x in t]) for k in t[0]}
     stats = sfx.hit_statistics(cat["trainId"], cat["pulseId"], cat["n_peaks"], cat["hit"], xray=cat["xray"])
     stats = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in stats.items()}

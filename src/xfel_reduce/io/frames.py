@@ -32,25 +32,33 @@ def frame_key(train_ids: np.ndarray, pulse_ids: np.ndarray) -> np.ndarray:
     return np.asarray(train_ids, np.uint64) * np.uint64(1 << 16) + np.asarray(pulse_ids, np.uint64)
 
 
-def match_frames(table_train_ids: np.ndarray, table_pulse_ids: np.ndarray, train_ids: np.ndarray,
-                 pulse_ids: np.ndarray, where: str) -> np.ndarray:
-    """Row of a per-frame table (e.g. the annotation) for each given frame.
+class FrameIndex:
+    """Rows of a per-frame table (e.g. the annotation) by (trainId, pulseId), sorted once."""
 
-    A frame the table lacks is an error naming it and ``where``: table and frames are
-    then out of sync (re-run the step that wrote the table).
-    """
-    key_t = frame_key(table_train_ids, table_pulse_ids)
-    key_f = frame_key(train_ids, pulse_ids)
-    order = np.argsort(key_t, kind="stable")
-    pos = np.clip(np.searchsorted(key_t[order], key_f), 0, max(key_t.size - 1, 0))
-    idx = order[pos] if key_t.size else np.zeros(key_f.size, np.intp)
-    ok = (key_t[idx] == key_f) if key_t.size else np.zeros(key_f.size, bool)
-    if not ok.all():
-        bad = int(np.flatnonzero(~ok)[0])
-        raise ValueError(
-            f"{where}: frame trainId={int(train_ids[bad])} pulseId={int(pulse_ids[bad])} is not in the "
-            "annotation; annotation and CORR files are out of sync — re-run the annotation for this sequence")
-    return idx
+    def __init__(self, train_ids: np.ndarray, pulse_ids: np.ndarray):
+        self.keys = frame_key(train_ids, pulse_ids)
+        self.order = np.argsort(self.keys, kind="stable")
+
+    def find(self, train_ids: np.ndarray, pulse_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, found) for each given frame; ``row`` is meaningless where not found."""
+        k = frame_key(train_ids, pulse_ids)
+        if self.keys.size == 0:
+            return np.zeros(k.size, np.intp), np.zeros(k.size, bool)
+        pos = np.minimum(np.searchsorted(self.keys, k, sorter=self.order), self.keys.size - 1)
+        idx = self.order[pos]
+        return idx, self.keys[idx] == k
+
+    def rows(self, train_ids: np.ndarray, pulse_ids: np.ndarray, where: str) -> np.ndarray:
+        """Row of each given frame; a frame the table lacks is an error naming it and
+        ``where``: table and frames are then out of sync (re-run the step that wrote it)."""
+        idx, ok = self.find(train_ids, pulse_ids)
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            raise ValueError(
+                f"{where}: frame trainId={int(np.asarray(train_ids)[bad])} "
+                f"pulseId={int(np.asarray(pulse_ids)[bad])} is not in the annotation; annotation and "
+                "CORR files are out of sync — re-run the annotation for this sequence")
+        return idx
 
 
 def corr_source(f, module: int, path: Path) -> str:
