@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 import time
@@ -89,7 +90,7 @@ def test_dag_of_16_modules_x_50_sequences_without_reading_data(tmp_path):
     out = res.stdout + res.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["correct"] == 50 and counts["annotate_chunk"] == 50  # one job per sequence
+    assert counts["reduce"] == 50 and "correct" not in counts  # one pass per sequence, no CORR
     assert counts["dark"] == 16
     assert elapsed < 120
 
@@ -147,6 +148,24 @@ def test_every_shipped_config_builds_its_dag(config, profile, tmp_path):
     assert "Job stats" in out or "Nothing to be done" in out
 
 
+@pytest.mark.parametrize("write_corr", ["none", "all"])
+def test_corr_files_only_when_asked(write_corr, tmp_path):
+    """The one pass corrects in memory: no rule writes CORR files unless
+    ``calibration.write_corr: all``, and then every technique's pass (and the JUNGFRAU
+    correction) writes them, for both profiles' group logic."""
+    cfg = yaml.safe_load((REPO / "tests" / "data" / "tiny_techniques.yaml").read_text())
+    cfg["calibration"]["write_corr"] = write_corr
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    for profile in (["--cores", "2"], ["--profile", "slurm"]):
+        res = _snakemake("-n", "--nolock", "--configfile", str(p), *profile)
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out[-3000:]
+        corr = {r for r in (11, 12, 13) if re.search(rf"proc/r{r:04d}/CORR-R{r:04d}-AGIPD\d\d-S00000\.h5", out)}
+        assert corr == ({11, 12, 13} if write_corr == "all" else set())
+        assert ("jungfrau_correct" in out) == (write_corr == "all")
+
+
 @pytest.mark.parametrize("instrument", ["SPB", "FXE", "HED"])
 def test_jungfrau_spectroscopy_dag_at_instrument(instrument, tmp_path):
     """A JUNGFRAU spectroscopy run on real-data placeholders (module, control and DA
@@ -172,6 +191,8 @@ def test_jungfrau_spectroscopy_dag_at_instrument(instrument, tmp_path):
     res = _snakemake("-n", "--nolock", "--configfile", str(p), "--cores", "2")
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    for rule in ("jungfrau_dark", "jungfrau_correct", "spectroscopy_reduce", "spectroscopy_run"):
+    for rule in ("jungfrau_dark", "spectroscopy_image", "spectroscopy_reduce", "spectroscopy_run"):
         assert rule in out
+    # both passes correct the RAW files in memory: no JUNGFRAU CORR file by default
+    assert "jungfrau_correct" not in out and "CORR-R0020-JNGFR" not in out
     assert "RAW-R0020-JNGFRCTRL00-S00000.h5" in out

@@ -585,7 +585,7 @@ def beamless(request, tmp_path_factory):
 def test_run_without_beam_data_stops_naming_xray_frames(beamless):
     res, text = beamless["res"], beamless["text"]
     assert res.returncode != 0 and not beamless["target"].exists()
-    assert "Error in rule annotate_chunk" in text
+    assert "Error in rule reduce" in text
     err = next(line for line in text.splitlines() if "InputDataError:" in line)
     print(err)
     assert "annotation.xray_frames" in err
@@ -828,7 +828,7 @@ def test_agipd_workflow_builds_dag_at_instrument(tmp_path, name):
     res = snakemake(cfg, tmp_path, "-n")
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
     jobs = _job_counts(res.stdout + res.stderr)
-    assert jobs["dark"] == len(MODULES) and jobs["correct"] == 1 and jobs["annotate_chunk"] == 1
+    assert jobs["dark"] == len(MODULES) and jobs["reduce"] == 1 and "correct" not in jobs
     assert jobs["summary"] == 1 and jobs["report"] == 2      # calibration and annotation
     # The control aggregator is among the annotation's train-level inputs.
     assert f"RAW-R{run:04d}-{ctrl_agg}-S00000.h5" in res.stdout + res.stderr

@@ -269,9 +269,68 @@ def frame_beam_columns(beam_table, train_ids: np.ndarray, cell_ids: np.ndarray,
     return out
 
 
+class AnnotationReducer:
+    """The annotation part of a sequence's one pass: per chunk the frame table rows
+    (beam columns, photons, lit pixels …) and the mergeable image moments.
+
+    Parameters
+    ----------
+    n_modules
+        Modules of the frames.
+    beam_table
+        :class:`xfel_reduce.beam.TrainBeam` of the sequence's trains (``None``: no beam
+        data; then ``cfg.xray_frames`` declares the X-ray frames).
+    """
+
+    def __init__(self, n_modules: int, cfg: AnnotationConfig, beam_table=None):
+        from .aggregate import Moments
+
+        self.cfg, self.beam_table = cfg, beam_table
+        self.images = {c: Moments((n_modules, 512, 128)) for c in IMAGE_CLASSES}
+        self.parts: list[dict[str, np.ndarray]] = []
+
+    def add(self, chunk) -> dict[str, np.ndarray]:
+        """Annotate one chunk; returns its table rows (chunk order), which the
+        technique reducers of the same pass receive."""
+        photons, lit = frame_stats(chunk.data, chunk.mask, chunk.present, self.cfg)
+        t = empty_table(len(chunk))
+        t.update(trainId=chunk.train_ids, pulseId=chunk.pulse_ids, cellId=chunk.cell_ids,
+                 photons=photons, lit_pixels=lit, modules_present=chunk.present.sum(axis=1),
+                 nan_pixels=chunk.nan_pixels,
+                 **frame_beam_columns(self.beam_table, chunk.train_ids, chunk.cell_ids, self.cfg))
+        t["n_peaks"][:] = -1
+        self.parts.append(t)
+        x = t["xray"]
+        # laser-on and laser-off partition the X-ray frames: their merge is the X-ray
+        # class (result()), so every frame is accumulated once, not twice
+        for name, sel in (("laser_on", x & t["ppl"]), ("laser_off", x & ~t["ppl"]),
+                          ("dark", ~x & t["beam_data"])):
+            if sel.any():
+                self.images[name].add_masked(chunk.data, chunk.mask, sel)
+        return t
+
+    @property
+    def frames(self) -> int:
+        return sum(len(p["trainId"]) for p in self.parts)
+
+    def result(self):
+        """``(table, images)``: columns of :data:`COLUMNS` (``hit``/``hit_threshold`` are
+        filled per run by :func:`finalise_hits`; ``n_peaks`` is -1 until a peak finder
+        has run) and ``{class: Moments}`` of the images of X-ray frames, laser-on and
+        laser-off X-ray frames, and frames without X-rays (residual dark level)."""
+        from .aggregate import Moments
+
+        table = {k: np.concatenate([p[k] for p in self.parts]) if self.parts else np.zeros(0, dt)
+                 for k, dt in COLUMNS.items()}
+        on = self.images["laser_on"]
+        self.images["xray"] = Moments(on.shape).merge(on).merge(self.images["laser_off"])
+        return table, self.images
+
+
 def annotate_sequence(reader, cfg: AnnotationConfig, beam_table=None, trains_per_chunk: int = 4,
                       progress=None):
-    """One pass over a sequence: the annotation table and mergeable image partials.
+    """One pass over a sequence: the annotation table and mergeable image partials
+    (:class:`AnnotationReducer` over ``reader.iter_chunks``).
 
     Parameters
     ----------
@@ -280,46 +339,19 @@ def annotate_sequence(reader, cfg: AnnotationConfig, beam_table=None, trains_per
     beam_table
         :class:`xfel_reduce.beam.TrainBeam` of the sequence's trains (``None``: no beam
         data; then ``cfg.xray_frames`` declares the X-ray frames).
-
-    Returns
-    -------
-    table
-        Columns of :data:`COLUMNS` (``hit``/``hit_threshold`` are filled per run by
-        :func:`finalise_hits`; ``n_peaks`` is -1 until a peak finder has run).
-    images
-        ``{class: Moments}`` of the images of X-ray frames, laser-on and laser-off
-        X-ray frames, and frames without X-rays (residual dark level).
     """
     import time
 
-    from .aggregate import Moments
-
-    n_mod = len(reader.modules)
-    images = {c: Moments((n_mod, 512, 128)) for c in IMAGE_CLASSES}
-    parts = []
+    red = AnnotationReducer(len(reader.modules), cfg, beam_table)
     t0 = time.monotonic()
     done = 0
     for chunk in reader.iter_chunks(trains_per_chunk):
-        photons, lit = frame_stats(chunk.data, chunk.mask, chunk.present, cfg)
-        t = empty_table(len(chunk))
-        t.update(trainId=chunk.train_ids, pulseId=chunk.pulse_ids, cellId=chunk.cell_ids,
-                 photons=photons, lit_pixels=lit, modules_present=chunk.present.sum(axis=1),
-                 nan_pixels=chunk.nan_pixels,
-                 **frame_beam_columns(beam_table, chunk.train_ids, chunk.cell_ids, cfg))
-        t["n_peaks"][:] = -1
-        parts.append(t)
-        x = t["xray"]
-        for name, sel in (("xray", x), ("laser_on", x & t["ppl"]), ("laser_off", x & ~t["ppl"]),
-                          ("dark", ~x & t["beam_data"])):
-            if sel.any():
-                images[name].add_masked(chunk.data, chunk.mask, sel)
+        red.add(chunk)
         done += len(chunk.chunk_train_ids)
         if progress is not None:
-            el = time.monotonic() - t0
             progress.info("%d/%d trains annotated (%.1f frames/s)", done, reader.train_ids.size,
-                          sum(len(p["trainId"]) for p in parts) / max(el, 1e-9))
-    table = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, dt) for k, dt in COLUMNS.items()}
-    return table, images
+                          red.frames / max(time.monotonic() - t0, 1e-9))
+    return red.result()
 
 
 def finalise_hits(table: dict[str, np.ndarray], cfg: AnnotationConfig):

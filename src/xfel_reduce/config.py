@@ -7,9 +7,6 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-#: Techniques whose reduction selects frames by a hit finder (SPI lit pixels, SFX peaks):
-#: only their summaries, index rows and DAMNIT cells carry a hit rate and hit counts.
-HIT_FINDING_TECHNIQUES = frozenset({"spi", "sfx"})
 #: Trains per chunk of the per-sequence passes (``calibration.trains_per_chunk``).
 TRAINS_PER_CHUNK = 4
 

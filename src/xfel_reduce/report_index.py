@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .config import HIT_FINDING_TECHNIQUES
+from . import techniques
 from .io.atomic import write_atomic
 from .verdict import STATUSES
 
@@ -57,7 +57,7 @@ _SKIP_SUFFIXES = (".tmp", ".lock", ".log")
 # checks in the annotation report (workflow/rules/common.smk, ``stage_defaults``):
 # for XPCS, SAXS and spectroscopy every frame is reduced and a lit-pixel "hit"
 # is only a bright frame.
-HIT_FINDING_RUN_TYPES = HIT_FINDING_TECHNIQUES
+HIT_FINDING_RUN_TYPES = frozenset(n for n in techniques.names() if techniques.get(n).hit_finding)
 # Report stages in data-flow order (calibration before annotation before the
 # technique's, which follow alphabetically), so the chips read like the pipeline.
 _STAGE_ORDER = ("calibration", "annotation")

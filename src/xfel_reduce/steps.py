@@ -12,18 +12,17 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from . import annotate
+from . import annotate, techniques
 from .aggregate import Moments
 from .calibrate import agipd
-from .calibrate.correct import CommonMode
 from .calibrate.dark import BadPixelRules
-from .config import HIT_FINDING_TECHNIQUES, modules_of, trains_per_chunk
+from .config import modules_of, trains_per_chunk
 from .io import sources
 from .io.atomic import write_json
 from .io.euxfel import AtomicH5File
-from .io.frames import SequenceFrames, corr_source, frame_key
+from .io.frames import corr_source, frame_key
 from .io.provenance import attach_provenance, provenance
-from .io.redu import read_partials, write_frame_table, write_partials
+from .io.redu import read_partials, write_frame_table
 from .io.runs import InputDataError, open_file
 
 log = logging.getLogger("xfel_reduce")
@@ -92,13 +91,11 @@ def dark_module(config: dict, module: int, dark_run_dirs: Sequence[Path], output
 
 
 def correct_file(config: dict, module: int, raw: Path, constants: Path, output: Path) -> dict:
-    cal = config["calibration"]
-    cm = cal.get("common_mode", {})
-    common = CommonMode(enabled=bool(cm.get("enabled", False)), window=float(cm.get("window", 0.5)),
-                        min_fraction=float(cm.get("min_fraction", 0.3)))
+    """RAW → CORR for one module sequence (the one pass writes CORR only when asked;
+    this is the stand-alone correction)."""
     prov = provenance(config, [raw, constants], step="correct", module=module)
     consts = agipd.load_constants(Path(constants))
-    return agipd.correct_sequence(Path(raw), Path(output), module, consts, prov, common,
+    return agipd.correct_sequence(Path(raw), Path(output), module, consts, prov, agipd.common_mode_of(config),
                                   trains_per_chunk=trains_per_chunk(config), progress=log)
 
 
@@ -145,23 +142,11 @@ def sequence_beam(config: dict, train_files: Sequence[Path], train_ids: np.ndarr
 
 def annotate_chunk(config: dict, corr_files: Sequence[Path], train_files: Sequence[Path], output: Path,
                    raw_dir: Path | None = None) -> None:
-    """Annotate one sequence: frame table + image partials (before hit flags)."""
-    mods = modules_of(config)
-    if len(corr_files) != len(mods):
-        raise ValueError(f"{len(corr_files)} CORR files for {len(mods)} modules")
-    reader = SequenceFrames(dict(zip(mods, map(Path, corr_files))))
-    cfg = annotate.AnnotationConfig.from_dict(config.get("annotation"))
-    beam_table = sequence_beam(config, train_files, reader.train_ids, cfg.xray_frames, raw_dir)
-    table, images = annotate.annotate_sequence(reader, cfg, beam_table,
-                                               trains_per_chunk(config),
-                                               progress=log)
-    missing = int((table["modules_present"] < len(mods)).sum())
-    if missing:
-        log.warning("%d frames lack data from some modules (flagged via modules_present and "
-                    "MODULE_MISSING mask bits)", missing)
-    prov = provenance(config, list(corr_files) + list(train_files), step="annotate_chunk",
-                      beam=beam_table.summary() if beam_table is not None else "declared")
-    write_partials(Path(output), table, images, prov)
+    """Annotate one sequence from its CORR files: frame table + image partials (before
+    hit flags); the one pass (:func:`xfel_reduce.onepass.reduce_sequence`) with no technique."""
+    from .onepass import reduce_sequence
+
+    reduce_sequence(config, None, None, corr_files, train_files, Path(output), raw_dir=raw_dir)
 
 
 def hit_thresholds(config: dict, partials: Sequence[Path], output: Path) -> None:
@@ -199,12 +184,11 @@ def write_annotation(config: dict, run: int, seq: int, partial: Path, thresholds
 
 # -- aggregation ----------------------------------------------------------------------
 def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_files: Sequence[Path],
-                  output: Path, peak_tables: Sequence[Path] = ()) -> dict:
+                  output: Path, peak_tables: Sequence[Path] = (), technique: str | None = None) -> dict:
     """Merge the per-sequence partials into run images and a run annotation table.
 
-    With peak tables (SFX runs), the run table gets ``n_peaks`` and its ``hit`` becomes
-    the peak-count hit (``n_peaks >= min_peaks``); the lit-pixel hit stays in
-    ``hit_lit_pixels`` and in the per-sequence annotation files.
+    With the technique's hit tables (``peak_tables``: SFX peak tables) the technique
+    merges its hits into the run table (:meth:`xfel_reduce.techniques.Technique.merge_hits`).
     """
     from .io.redu import read_frame_table
 
@@ -216,15 +200,7 @@ def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_f
     tables = [read_frame_table(Path(a), sources.ANNOTATION_SOURCE) for a in annotation_files]
     table = annotate.concat_tables(tables) if tables else annotate.empty_table(0)
     if peak_tables:
-        peaks = annotate.concat_tables_any([read_frame_table(Path(p), sources.SFX_SOURCE) for p in peak_tables])
-        key = frame_key(table["trainId"], table["pulseId"])
-        pkey = frame_key(peaks["trainId"], peaks["pulseId"])
-        if not np.array_equal(np.sort(pkey), key):
-            raise ValueError("peak tables and annotation cover different frames")
-        idx = np.searchsorted(pkey, key)
-        table["hit_lit_pixels"] = table["hit"].copy()
-        table["n_peaks"] = peaks["n_peaks"][idx].astype(np.int32)
-        table["hit"] = peaks["hit"][idx].astype(bool)
+        table = techniques.get(technique).merge_hits(table, peak_tables)
     prov = provenance(config, list(partials) + list(annotation_files) + list(peak_tables), step="aggregate", run=run)
     with AtomicH5File(output) as f:
         attach_provenance(f, prov)
@@ -291,7 +267,8 @@ def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path
     if kept_summary_file is not None:
         ks = json.loads(Path(kept_summary_file).read_text())
         extra["kept_frames"] = {k: v for k, v in ks.items() if k != "provenance"}
-    if truth_file is not None and technique in HIT_FINDING_TECHNIQUES:
+    hit_finding = techniques.get(technique).hit_finding
+    if truth_file is not None and hit_finding:
         with h5py.File(truth_file, "r") as f:
             # the simulator's truth.h5: beam per frame in `frames`, the scene's hits in `scene`
             truth = {k: f["frames"][k][()] for k in ("trainId", "pulseId")}
@@ -306,7 +283,6 @@ def run_summary(config: dict, run: int, technique: str, raw_files: Sequence[Path
     timings = read_benchmarks(benchmark_dir) if benchmark_dir else {}
     x = t["xray"].astype(bool)
     n_x = int(x.sum())
-    hit_finding = technique in HIT_FINDING_TECHNIQUES
     hits = int(t["hit"].sum()) if ("hit" in t and hit_finding) else None
     summary = {
         "run": int(run),
@@ -350,9 +326,22 @@ def _proposal_of(path: Path) -> int:
         return int(md["proposalNumber"][0]) if md is not None and "proposalNumber" in md else 0
 
 
-def kept_frames(config: dict, run: int, seq: int, technique: str, corr_files: Sequence[Path],
-                aggregate_file: Path, out_dir: Path) -> dict:
-    """One sequence's kept frames (:mod:`xfel_reduce.kept`)."""
+def _detector_file_info(path: Path, module: int) -> tuple[str, int, np.ndarray]:
+    """(detector name, proposal, trains) of a module's RAW or CORR sequence file."""
+    from .io.runs import raw_module_source
+
+    f = open_file(path)
+    try:
+        src = corr_source(f, module, Path(path))
+    except InputDataError:
+        src = raw_module_source(f, module, Path(path))
+    return src.split("/", 1)[0], _proposal_of(Path(path)), np.asarray(f.train_ids, np.uint64)
+
+
+def kept_frames(config: dict, run: int, seq: int, technique: str, frame_files: Sequence[Path],
+                aggregate_file: Path, out_dir: Path, constants: Sequence[Path] = ()) -> dict:
+    """One sequence's kept frames (:mod:`xfel_reduce.kept`): copied from CORR files, or
+    with ``constants`` read from the RAW files and corrected (only the kept frames)."""
     from . import geometry, kept
 
     cfg = kept.ReductionConfig.from_dict(config.get("reduction"))
@@ -362,21 +351,24 @@ def kept_frames(config: dict, run: int, seq: int, technique: str, corr_files: Se
     roi = kept.validation_roi(geometry.geometry_from_config(config.get("geometry", {})), mods, frac)
     e = table["pulse_energy"][table["xray"] & (table["pulse_energy"] > 0)]
     e_ref = float(np.median(e)) if e.size else None
-    proposal = _proposal_of(Path(corr_files[0]))
-    prov = provenance(config, list(corr_files) + [aggregate_file], step="kept_frames", run=run,
+    proposal = _proposal_of(Path(frame_files[0]))
+    prov = provenance(config, list(frame_files) + list(constants) + [aggregate_file], step="kept_frames", run=run,
                       sequence=seq, reduction=cfg.to_dict(), validation_roi_pixel_fraction=frac,
                       validation_reference_energy_uj=e_ref)
-    stats = kept.write_kept_sequence(dict(zip(mods, corr_files)), table, out_dir, run, seq, cfg, roi,
-                                     e_ref, prov, proposal)
+    stats = kept.write_kept_sequence(dict(zip(mods, frame_files)), table, out_dir, run, seq, cfg, roi,
+                                     e_ref, prov, proposal,
+                                     constants=dict(zip(mods, constants)) if constants else None,
+                                     common_mode=agipd.common_mode_of(config))
     log.info("r%04d S%05d kept %s, %.1f MB", run, seq, stats["frames"], stats["bytes"] / 1e6)
     return stats
 
 
-def spi_redu(config: dict, run: int, seq: int, corr_file: Path, aggregate_file: Path, thresholds_file: Path,
+def spi_redu(config: dict, run: int, seq: int, frame_file: Path, aggregate_file: Path, thresholds_file: Path,
              output: Path) -> Path:
     """The SPI hit finder's result for one sequence's trains in the facility's REDU layout
     (what ``extra_redu.spi.SpiHitfinder.from_datacollection`` reads); ``missFlag`` is
-    the kept validation sample, so ``dataFlag`` marks exactly the kept frames."""
+    the kept validation sample, so ``dataFlag`` marks exactly the kept frames.
+    ``frame_file``: the first module's RAW or CORR file of the sequence (its trains)."""
     from . import kept, spi
 
     cfg = kept.ReductionConfig.from_dict(config.get("reduction"))
@@ -392,13 +384,12 @@ def spi_redu(config: dict, run: int, seq: int, corr_file: Path, aggregate_file: 
         raise ValueError(f"{thresholds_file} and {aggregate_file} cover different frames")
     reasons = kept.kept_reasons(table, cfg.miss_fraction, cfg.seed)
     result.miss = (reasons & np.uint8(kept.Reason.SAMPLED)) != 0
-    f0 = open_file(corr_file)
     mods = modules_of(config)
-    detector = corr_source(f0, mods[0], Path(corr_file)).split("/", 1)[0]
-    seq_trains = np.intersect1d(np.asarray(f0.train_ids, np.uint64), table["trainId"])
-    prov = provenance(config, [corr_file, aggregate_file, thresholds_file], step="spi_redu", run=run, sequence=seq)
+    detector, proposal, trains = _detector_file_info(Path(frame_file), mods[0])
+    seq_trains = np.intersect1d(trains, table["trainId"])
+    prov = provenance(config, [frame_file, aggregate_file, thresholds_file], step="spi_redu", run=run, sequence=seq)
     return spi.write_redu(output, table, result, detector=detector, modules=mods, provenance=prov,
-                          proposal=_proposal_of(Path(corr_file)), run=run, sequence=seq, train_ids=seq_trains)
+                          proposal=proposal, run=run, sequence=seq, train_ids=seq_trains)
 
 
 def kept_summary(config: dict, run: int, technique: str, kept_files: Sequence[Path],

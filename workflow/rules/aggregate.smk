@@ -4,8 +4,11 @@ rule aggregate:
     input:
         partials=lambda w: expand(PARTIAL_FILE, run=w.run, seq=sequences(w.run)),
         annotation=lambda w: annotation_files(w.run),
-        peaks=lambda w: technique_products(w.run).get("peak_tables", []),
+        # the technique's per-sequence tables that decide the run's hits (SFX peaks)
+        hit_tables=lambda w: (plugin(w.run).sequence_paths(RESULTS, int(w.run), sequences(w.run))[plugin(w.run).hit_table]
+                              if plugin(w.run).hit_table else []),
     output: AGGREGATE_FILE
+    params: technique=lambda w: technique(w.run)
     log: os.path.join(RESULTS, "logs", "r{run}", "aggregate.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "aggregate.tsv")
     resources: mem_mb=scaled(4000), runtime=scaled(20)
@@ -18,13 +21,13 @@ def summary_inputs(w):
     run = int(w.run)
     products = technique_products(run)
     if is_jungfrau_run(run):
-        table = expand(os.path.join(RESULTS, "r{run}", "spectroscopy", "partials", "S{seq}.h5"),
-                       run=w.run, seq=sequences(run))
+        # the spectrometer's per-frame table is in its partials (techniques.spectroscopy.frame_table)
+        table = plugin(run).sequence_paths(RESULTS, run, sequences(run))["partial"]
     else:
         table = products["aggregate"]
     out = {"raw": run_raw_files(run), "table": table,
            "products": [f for files in products.values() for f in files]}
-    if truth_file(run) and technique(run) in ("spi", "sfx"):
+    if truth_file(run) and plugin(run).hit_finding:
         out["truth"] = truth_file(run)
     return out
 

@@ -1,20 +1,28 @@
-# Annotation: per-sequence pass (frame table + image partials), run-wide hit
+# Annotation: the one pass over each sequence (RAW read once, corrected in memory,
+# annotated, and reduced by the run's technique: xfel_reduce.onepass), run-wide hit
 # thresholds, then one EuXFEL-layout REDU file per sequence.
+#
+# `reduce` serves runs whose technique has no per-sequence files of its own (SPI, no
+# technique); each technique's rule file adds its outputs with `use rule reduce as
+# <technique>_reduce`.
 
-rule annotate_chunk:
-    input:
-        corr=lambda w: [corr_file(w.run, m, w.seq) for m in MODULES],
-        train=lambda w: train_files(w.run),
-    output: PARTIAL_FILE
-    params: raw_dir=lambda w: raw_dir(w.run)
-    log: os.path.join(RESULTS, "logs", "r{run}", "annotate", "S{seq}.log")
-    benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "annotate", "S{seq}.tsv")
+rule reduce:
+    input: unpack(reduce_inputs)
+    output: **reduce_outputs()
+    params:
+        raw_dir=lambda w: raw_dir(w.run),
+        technique=lambda w: technique(w.run),
+    wildcard_constraints:
+        run=runs_pattern(lambda r: not is_jungfrau_run(r) and not plugin(r).sequence_files),
+    log: os.path.join(RESULTS, "logs", "r{run}", "reduce", "S{seq}.log")
+    benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "reduce", "S{seq}.tsv")
     group: "chunk"
-    resources: mem_mb=scaled(3000), runtime=scaled(30)
+    # constants of the used cells (2.9 MB per cell and module) + two chunks in flight
+    resources: mem_mb=scaled(4000), runtime=scaled(30)
     threads: 1
     priority: PRIORITY_SPINE
     conda: CONDA_ENV
-    script: "../scripts/annotate_chunk.py"
+    script: "../scripts/reduce.py"
 
 
 rule hit_thresholds:

@@ -1,4 +1,6 @@
-# Calibration: dark characterisation per module, then RAW -> CORR per (run, module, sequence).
+# Calibration: dark characterisation per module.  Correction happens in memory in the
+# one pass over each sequence (annotation.smk, rule reduce); CORR files only with
+# calibration.write_corr: all.
 
 def dark_inputs(wildcards):
     m = int(wildcards.module)
@@ -18,23 +20,3 @@ rule dark:
     priority: PRIORITY_SPINE
     conda: CONDA_ENV
     script: "../scripts/dark.py"
-
-
-if not USE_PROC:
-    # One job per (run, sequence) corrects all modules: per-module jobs would spend
-    # more time starting Python than correcting on a small run.
-    rule correct:
-        input:
-            raw=lambda w: [raw_file(w.run, m, w.seq) for m in MODULES],
-            constants=expand(os.path.join(RESULTS, "calibration", "constants", "AGIPD{module:02d}.h5"), module=MODULES),
-        output:
-            [os.path.join(RESULTS, "proc", "r{run}", f"CORR-R{{run}}-AGIPD{m:02d}-S{{seq}}.h5") for m in MODULES]
-        params: modules=MODULES
-        log: os.path.join(RESULTS, "logs", "r{run}", "correct", "S{seq}.log")
-        benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "correct", "S{seq}.tsv")
-        group: "chunk"
-        resources: mem_mb=scaled(2000), runtime=scaled(30)
-        threads: 1
-        priority: PRIORITY_SPINE
-        conda: CONDA_ENV
-        script: "../scripts/correct.py"

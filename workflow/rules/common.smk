@@ -8,14 +8,16 @@ import re
 
 from xfel_reduce.simulate.beamtime import expected_files, iter_runs, run_plan
 from xfel_reduce.simulate.jungfrau import JUNGFRAU_RUN_TYPES, expected_jungfrau_files
+from xfel_reduce import techniques
 from xfel_reduce.config import modules_of
 from xfel_reduce.kept import ReductionConfig
+from xfel_reduce.onepass import write_corr
 
 # Conda environment for `--sdm conda` (path relative to the rule files)
 CONDA_ENV = "../../envs/xfel-reduce.yaml"
-# Scheduling order when several jobs are ready: the spine (simulate, calibrate,
-# annotate, aggregate) first, so every run's calibrated, annotated data and
-# aggregates exist as early as possible; technique reductions next; reports last.
+# Scheduling order when several jobs are ready: the spine (simulate, dark, the one
+# pass per sequence, annotation, aggregate) first, so every run's annotated data and
+# aggregates exist as early as possible; run-level technique gathers next; reports last.
 PRIORITY_SPINE = 20
 PRIORITY_TECHNIQUE = 10
 # Per-chunk jobs declare `threads: 1`: they alternate HDF5 I/O with numba
@@ -35,6 +37,8 @@ USE_PROC = config["calibration"]["source"] == "proc"
 PROC_DIR = config["calibration"].get("proc_dir") or os.path.join(PROPOSAL, "proc")
 REDUCTION = ReductionConfig.from_dict(config.get("reduction"))
 HIT_MODE = (config.get("annotation") or {}).get("hit_mode", "adaptive")
+# The one pass corrects in memory; CORR files only with calibration.write_corr: all
+WRITE_CORR = write_corr(config) and not USE_PROC
 
 def scaled(value):
     """A resource that grows with the attempt, so a job killed for memory or time
@@ -123,8 +127,68 @@ def _train_files(run):
 
 
 def corr_file(run, module, seq):
+    """A CORR file: the facility's (proc data) or the one pass's (``write_corr: all``)."""
     base = os.path.join(PROC_DIR if USE_PROC else os.path.join(RESULTS, "proc"), f"r{int(run):04d}")
     return os.path.join(base, f"CORR-R{int(run):04d}-AGIPD{int(module):02d}-S{int(seq):05d}.h5")
+
+
+def constants_files():
+    return expand(os.path.join(RESULTS, "calibration", "constants", "AGIPD{module:02d}.h5"), module=MODULES)
+
+
+def frame_inputs(run, seq):
+    """What a sequence's frames are read from: {"frames": RAW files, "constants": …} (the
+    one pass corrects in memory), or {"frames": CORR files} (proc data, or written CORR)."""
+    if USE_PROC:
+        return {"frames": [corr_file(run, m, seq) for m in MODULES]}
+    return {"frames": [raw_file(run, m, seq) for m in MODULES], "constants": constants_files()}
+
+
+def static_mask_inputs(run):
+    """What defines a run's static mask (techniques.static_mask): the dark constants, or
+    for proc data the CORR files of the run's first sequence."""
+    if USE_PROC:
+        return [corr_file(run, m, sequences(run)[0]) for m in MODULES]
+    return constants_files()
+
+
+def reduce_inputs(w):
+    return {**frame_inputs(w.run, w.seq), "train": train_files(w.run), "static_mask": static_mask_inputs(w.run)}
+
+
+def plugin(run):
+    """The run's technique plug-in (xfel_reduce.techniques)."""
+    return techniques.get(technique(run))
+
+
+def runs_pattern(select):
+    """Wildcard constraint matching the runs for which ``select(run)`` holds."""
+    chosen = [f"{r:04d}" for r in RUNS if select(r)]
+    return "|".join(chosen) if chosen else "(?!)"
+
+
+def reduce_outputs(name=None):
+    """Outputs of the one pass over a sequence: the annotation partial, the technique's
+    per-sequence files (techniques.<name>.sequence_files) and, if asked, CORR files."""
+    out = {"partial_annotation": PARTIAL_FILE}
+    if name is not None:
+        out.update({k: os.path.join(RESULTS, t) for k, t in techniques.get(name).sequence_files.items()})
+    if WRITE_CORR:
+        out["corr"] = [os.path.join(RESULTS, "proc", "r{run}", f"CORR-R{{run}}-AGIPD{m:02d}-S{{seq}}.h5") for m in MODULES]
+    return out
+
+
+def gather_inputs(name):
+    """Inputs of a technique's run-level gather: its per-sequence files of every sequence
+    (named as in sequence_files), the static mask's inputs and the train files."""
+    def inputs(w):
+        files = techniques.get(name).sequence_paths(RESULTS, int(w.run), sequences(w.run))
+        return {**files, "static_mask": static_mask_inputs(w.run), "train": train_files(w.run)}
+    return inputs
+
+
+def gather_outputs(name):
+    return {k: os.path.join(RESULTS, t) for k, t in techniques.get(name).run_files.items()}
 
 
 # Output path templates used by more than one rule file: defined once here.
@@ -142,13 +206,8 @@ def technique(run):
     return RUNS.get(int(run), {}).get("technique")
 
 
-def run_reference_corr(w):
-    """CORR files of the run's first sequence: they define the run's static mask."""
-    return [corr_file(w.run, m, sequences(w.run)[0]) for m in MODULES]
-
-
 def is_jungfrau_run(run):
-    return int(run) in JF_DARK_RUNS or technique(run) == "spectroscopy"
+    return int(run) in JF_DARK_RUNS or (technique(run) is not None and plugin(run).detector == "jungfrau")
 
 
 def run_raw_files(run):
@@ -185,34 +244,18 @@ def kept_files(run):
 
 
 def technique_products(run):
-    """Per-run products of the run's technique, {product name: [files]}."""
-    t, r = technique(run), f"{int(run):04d}"
-    seqs = sequences(run)
-    base = os.path.join(RESULTS, f"r{r}")
-    if t == "spectroscopy":
-        return {
-            "spectra_frames": [os.path.join(base, "spectroscopy", f"REDU-R{r}-SPEC-S{s}.h5") for s in seqs],
-            "spectra": [os.path.join(base, "spectroscopy", n) for n in ("spectra.h5", "spectra_summary.json")],
-        }
+    """Per-run products, {product name: [files]}: annotation, aggregate and kept frames of
+    AGIPD runs, and the technique's own (techniques.<name>.product_files)."""
+    r = f"{int(run):04d}"
+    own = plugin(run).products(RESULTS, int(run), sequences(run))
+    if is_jungfrau_run(run):
+        if WRITE_CORR:  # the JUNGFRAU passes correct in memory; CORR files only when asked
+            own["corr"] = [jf_corr_file(run, s) for s in sequences(run)]
+        return own
     agipd = {"annotation": annotation_files(run), "aggregate": expand(AGGREGATE_FILE, run=r)}
     if keeps_frames(run):
-        agipd["kept"] = kept_files(run) + [os.path.join(base, "kept", "kept_summary.json")]
-    if t == "sfx":
-        return {
-            **agipd,
-            "cxi_hits": [os.path.join(base, "sfx", f"hits-S{s}.cxi") for s in seqs],
-            "peak_tables": [os.path.join(base, "sfx", "peaks", f"REDU-R{r}-SFX-S{s}.h5") for s in seqs],
-            "crystfel": [os.path.join(base, "sfx", n) for n in ("hits.lst", "agipd.geom", "hit_statistics.json")],
-        }
-    if t == "xpcs":
-        return {**agipd, "xpcs": [os.path.join(base, "xpcs", "xpcs.h5")]}
-    if t == "saxs":
-        return {
-            **agipd,
-            "saxs_frames": [os.path.join(base, "saxs", f"REDU-R{r}-SAXS-S{s}.h5") for s in seqs],
-            "nxcansas": [os.path.join(base, "saxs", n) for n in ("saxs_nxcansas.h5", "saxs_summary.json")],
-        }
-    return agipd
+        agipd["kept"] = kept_files(run) + [os.path.join(RESULTS, f"r{r}", "kept", "kept_summary.json")]
+    return {**agipd, **own}
 
 
 def truth_file(run):
@@ -222,16 +265,13 @@ def truth_file(run):
     return None
 
 
-REPORT_STAGES = {"sfx": "sfx", "xpcs": "xpcs", "saxs": "saxs", "spectroscopy": "spectroscopy"}
-
-
 def run_stages(run):
-    """Report stages of a run: calibration and annotation, then its technique's."""
+    """Report stages of a run: calibration and annotation, then its technique's notebook."""
     if is_jungfrau_run(run):
         stages = []
     else:
         stages = ["annotation"] if USE_PROC else ["calibration", "annotation"]
-    t = REPORT_STAGES.get(technique(run))
+    t = plugin(run).notebook if technique(run) else None
     if t and os.path.exists(os.path.join(workflow.basedir, "reports", f"{t}.ipynb")):
         stages.append(t)
     return stages
@@ -240,42 +280,35 @@ def run_stages(run):
 def stage_defaults(run, stage):
     """Notebook parameters implied by the run's technique (config can override)."""
     if stage == "annotation":
-        # lit-pixel hits mean something for single particles and crystals only
-        # SFX hits are decided by the peak finder (the SFX report checks them, against
-        # the truth too): the annotation's lit-pixel hits are judged for SPI only
-        return {"hit_finding": technique(run) == "spi", "truth_checks": technique(run) == "spi"}
+        # lit-pixel / SPI hits mean something where they are the technique's hits (SPI);
+        # SFX hits are the peak finder's (the SFX report checks them, against the truth too)
+        hits = plugin(run).annotation_hits
+        return {"hit_finding": hits, "truth_checks": hits}
     return {}
 
 
 def stage_inputs(run, stage):
     """Files each stage's notebook reads, {notebook parameter: path or list}."""
-    r = f"{int(run):04d}"
-    seqs = sequences(run)
-    products = technique_products(run)
     truth = truth_file(run)
     if stage == "calibration":
-        return {"dark_file": [os.path.join(RESULTS, "calibration", "constants", f"AGIPD{m:02d}.h5") for m in MODULES],
-                "corr_files": [corr_file(run, m, s) for s in seqs for m in MODULES]}
+        # the one pass's correction histograms (calibrate.check), and the CORR files if written
+        out = {"dark_file": constants_files(),
+               "check_files": expand(PARTIAL_FILE, run=f"{int(run):04d}", seq=sequences(run))}
+        if WRITE_CORR:
+            out["corr_files"] = [corr_file(run, m, s) for s in sequences(run) for m in MODULES]
+        return out
     if stage == "annotation":
         out = {"annotation_files": annotation_files(run)}
         if keeps_frames(run):
-            out["kept_summary"] = products["kept"][-1]
-        if truth and technique(run) in ("spi", "sfx"):
+            out["kept_summary"] = technique_products(run)["kept"][-1]
+        if truth and plugin(run).truth_per_frame:
             out["truth_file"] = truth
         return out
-    if stage == "sfx":
-        out = {"annotation_files": products["peak_tables"], "cxi_files": products["cxi_hits"],
-               "geom_file": os.path.join(RESULTS, f"r{r}", "sfx", "agipd.geom"),
-               "hit_statistics_file": os.path.join(RESULTS, f"r{r}", "sfx", "hit_statistics.json")}
-    elif stage == "xpcs":
-        out = {"xpcs_file": products["xpcs"][0]}
-    elif stage == "saxs":
-        out = {"saxs_file": products["nxcansas"][0]}
-    elif stage == "spectroscopy":
-        out = {"spectra_file": products["spectra"][0]}
-    else:
+    p = plugin(run)
+    if stage != p.notebook:
         raise ValueError(f"no report inputs defined for stage {stage!r}")
+    out = p.report_inputs(RESULTS, int(run), sequences(run))
     if truth:
-        # the SFX notebook checks spots frame by frame (truth.h5); the others need scalars
-        out["truth_file"] = truth if stage == "sfx" else truth.replace("truth.h5", "truth.json")
+        # per-frame checks need truth.h5 (SFX spots); the others need scalars
+        out["truth_file"] = truth if p.truth_per_frame else truth.replace("truth.h5", "truth.json")
     return out

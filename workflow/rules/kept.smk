@@ -3,18 +3,21 @@
 # finder's REDU file; per run, what was kept against RAW and the missed-hit estimate.
 # Everything lands in <results>/r{run}/kept/, which extra_data.RunDirectory opens.
 
+def kept_inputs(w):
+    # the second, partial read: only the kept frames are read (and corrected)
+    return {**frame_inputs(w.run, w.seq), "aggregate": AGGREGATE_FILE.format(run=w.run)}
+
+
 rule kept_frames:
-    input:
-        corr=lambda w: [corr_file(w.run, m, w.seq) for m in MODULES],
-        aggregate=AGGREGATE_FILE,
+    input: unpack(kept_inputs)
     output:
         corr=[os.path.join(RESULTS, "r{run}", "kept", f"CORR-R{{run}}-AGIPD{m:02d}-S{{seq}}.h5") for m in MODULES],
         table=os.path.join(RESULTS, "r{run}", "kept", "REDU-R{run}-KEPT-S{seq}.h5"),
     params: technique=lambda w: technique(w.run)
     log: os.path.join(RESULTS, "logs", "r{run}", "kept", "S{seq}.log")
     benchmark: os.path.join(RESULTS, "benchmarks", "r{run}", "kept", "S{seq}.tsv")
-    # its own group: an SFX run's kept frames come after the run's aggregate, which
-    # comes after the SFX chunks (group technique_chunk)
+    # its own group: the kept frames come after the run's aggregate, which comes after
+    # every sequence's one pass (group chunk)
     group: "kept"
     threads: 1
     resources: mem_mb=scaled(2000), runtime=scaled(20)
@@ -25,7 +28,7 @@ rule kept_frames:
 
 rule spi_redu:
     input:
-        corr=lambda w: corr_file(w.run, MODULES[0], w.seq),
+        frames=lambda w: frame_inputs(w.run, w.seq)["frames"][0],
         aggregate=AGGREGATE_FILE,
         thresholds=HIT_THRESHOLDS_FILE,
     output: os.path.join(RESULTS, "r{run}", "kept", "CORR-R{run}-REDU00-S{seq}.h5")

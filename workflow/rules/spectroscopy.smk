@@ -1,5 +1,12 @@
-# Spectroscopy (XES on a JUNGFRAU module): darks -> constants -> CORR per sequence,
-# then two passes: ROI image (curvature fit per run) and per-frame spectra.
+# Spectroscopy (XES on a JUNGFRAU module, xfel_reduce.techniques.spectroscopy): darks ->
+# constants, then two passes over each RAW sequence, corrected in memory: ROI image
+# (curvature fit per run) and per-frame spectra.  CORR files only with
+# calibration.write_corr: all (rule jungfrau_correct).
+
+
+def jf_frame_inputs(w):
+    return {"frames": jf_raw_file(w.run, w.seq),
+            "constants": os.path.join(RESULTS, "calibration", "constants", f"JNGFR{JF_MODULE:02d}.h5")}
 
 rule jungfrau_dark:
     input:
@@ -32,7 +39,7 @@ rule jungfrau_correct:
 
 rule spectroscopy_image:
     input:
-        corr=lambda w: jf_corr_file(w.run, w.seq),
+        unpack(jf_frame_inputs),
         train=lambda w: train_files(w.run),
     output: os.path.join(RESULTS, "r{run}", "spectroscopy", "partials", "image-S{seq}.h5")
     log: os.path.join(RESULTS, "logs", "r{run}", "spectroscopy", "image-S{seq}.log")
@@ -58,7 +65,7 @@ rule spectroscopy_curvature:
 
 rule spectroscopy_reduce:
     input:
-        corr=lambda w: jf_corr_file(w.run, w.seq),
+        unpack(jf_frame_inputs),
         train=lambda w: train_files(w.run),
         curvature=os.path.join(RESULTS, "r{run}", "spectroscopy", "curvature.h5"),
     output:

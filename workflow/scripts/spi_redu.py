@@ -3,5 +3,5 @@ from xfel_reduce import steps
 
 steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
 steps.spi_redu(snakemake.config, int(snakemake.wildcards.run), int(snakemake.wildcards.seq),
-               snakemake.input.corr, snakemake.input.aggregate, snakemake.input.thresholds,
+               snakemake.input.frames, snakemake.input.aggregate, snakemake.input.thresholds,
                snakemake.output[0])

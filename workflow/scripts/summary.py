@@ -2,10 +2,7 @@
 from xfel_reduce import steps, techniques
 
 steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
-if snakemake.params.technique == "spectroscopy":
-    table = techniques.spectroscopy_frame_table(snakemake.input.table)
-else:
-    table = steps.load_run_table(snakemake.input.table[0])
+table = techniques.get(snakemake.params.technique).frame_table(list(snakemake.input.table))
 steps.run_summary(snakemake.config, int(snakemake.wildcards.run), snakemake.params.technique,
                   snakemake.input.raw, snakemake.params.products, table,
                   snakemake.params.benchmark_dir, snakemake.output[0], inputs=snakemake.input.table,

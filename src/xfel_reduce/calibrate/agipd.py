@@ -9,9 +9,12 @@ from typing import Mapping
 import h5py
 import numpy as np
 
+from ..config import TRAINS_PER_CHUNK
 from ..io import sources
 from ..io.euxfel import EuXFELWriter, write_h5
-from ..io.runs import InputDataError, corr_name_of, iter_module_chunks, open_file, raw_module_source
+from ..io.frames import SequenceFrames
+from ..io.runs import (InputDataError, corr_name_of, iter_module_chunks, open_file, raw_module_source,
+                       read_dataset)
 from .correct import CommonMode, CorrectionConstants, correct
 from .dark import BadPixelRules, CellMoments, DarkConstants, characterise, dark_run_files
 
@@ -97,15 +100,146 @@ def read_gain_constants(path: Path, module: int) -> np.ndarray:
         return f["adu_per_photon"][:, :, mods.index(module)]
 
 
-def load_constants(path: Path, saturation: int = 16383) -> CorrectionConstants:
+def load_constants(path: Path, saturation: int = 16383, cells: np.ndarray | None = None) -> CorrectionConstants:
+    """One module's correction constants; with ``cells`` only those memory cells (sorted,
+    unique), in that order: 11 float32/uint32 maps per cell and module (2.9 MB), so a
+    16-module detector with 352 cells would need 16 GB for all of them."""
+    sel = slice(None) if cells is None else np.asarray(cells, np.int64)
     with h5py.File(path, "r") as f:
+        n_cells = f["offset"].shape[1]
+        if cells is not None and sel.size and int(sel.max()) >= n_cells:
+            raise InputDataError(
+                f"memory cell {int(sel.max())} in the data but {path} has constants for only "
+                f"{n_cells} cells: take darks with as many cells as the run")
         return CorrectionConstants(
-            offset=f["offset"][()],
-            adu_per_photon=f["adu_per_photon"][()],
-            badpixels=f["badpixels"][()],
-            thresholds=f["thresholds"][()],
+            offset=f["offset"][:, sel],
+            adu_per_photon=f["adu_per_photon"][:, sel],
+            badpixels=f["badpixels"][:, sel],
+            thresholds=f["thresholds"][:, sel],
             saturation=saturation,
         )
+
+
+def common_mode_of(config: dict) -> CommonMode:
+    """The ``calibration.common_mode`` section as a :class:`CommonMode`."""
+    cm = config["calibration"].get("common_mode", {}) or {}
+    return CommonMode(enabled=bool(cm.get("enabled", False)), window=float(cm.get("window", 0.5)),
+                      min_fraction=float(cm.get("min_fraction", 0.3)))
+
+
+class ModuleCorrector:
+    """RAW → photons for one module, with the constants of the memory cells it uses.
+
+    Parameters
+    ----------
+    constants_file
+        The module's constants (:func:`write_constants`).
+    cells
+        Memory cells the data will contain; only their constants are loaded.
+    """
+
+    def __init__(self, constants_file: Path, cells: np.ndarray, common_mode: CommonMode | None = None):
+        self.cells = np.unique(np.asarray(cells, np.int64))
+        self.constants = load_constants(Path(constants_file), cells=self.cells)
+        self.lut = np.full(int(self.cells.max()) + 1 if self.cells.size else 1, -1, np.int64)
+        self.lut[self.cells] = np.arange(self.cells.size)
+        self.common_mode = common_mode
+        self.path = Path(constants_file)
+
+    def __call__(self, raw: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(data, gain, mask)`` of raw frames ``(n, 2, 512, 128)`` (see :func:`correct`)."""
+        cells = np.asarray(cells, np.int64)
+        rows = self.lut[np.minimum(cells, self.lut.size - 1)] if cells.size else cells
+        if cells.size and ((cells >= self.lut.size) | (rows < 0)).any():
+            bad = int(cells[(cells >= self.lut.size) | (rows < 0)][0])
+            raise InputDataError(f"memory cell {bad} was not among the cells the corrector of "
+                                 f"{self.path.name} was set up for")
+        return correct(raw, rows, self.constants, common_mode=self.common_mode)
+
+
+class RawSequenceFrames(SequenceFrames):
+    """Frames of one sequence corrected in memory from the RAW module files: the same
+    chunks as :class:`~xfel_reduce.io.frames.SequenceFrames` gives for CORR files, with
+    no CORR file written or read.
+
+    Parameters
+    ----------
+    raw_files, constants_files
+        ``{module: path}`` of the sequence's RAW files and the modules' constants.
+    """
+
+    kind = "RAW"
+
+    def __init__(self, raw_files: Mapping[int, Path], constants_files: Mapping[int, Path],
+                 train_ids=None, with_gain: bool = False, common_mode: CommonMode | None = None):
+        super().__init__(dict(raw_files), train_ids, with_gain)
+        missing = sorted(set(self.modules) - set(constants_files))
+        if missing:
+            raise InputDataError(f"no constants for modules {missing}: run the dark rule for them")
+        self.correctors = {}
+        for m in self.modules:
+            cells = read_dataset(self.sources[m]["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
+            self.correctors[m] = ModuleCorrector(Path(constants_files[m]), cells, common_mode)
+
+    def _source_of(self, f, module: int, path: Path) -> str:
+        return raw_module_source(f, module, path)
+
+    def _read_block(self, module: int, sd, cells: np.ndarray):
+        raw = read_dataset(sd["image.data"], self.paths[module], "image.data")
+        if raw.ndim != 4 or raw.shape[1] != 2:
+            raise InputDataError(f"{self.paths[module]}: image.data has shape {raw.shape[1:]} per frame, "
+                                 "expected AGIPD RAW (2, 512, 128) (analog, digital)")
+        data, gain, mask = self.correctors[module](raw, cells)
+        return data, mask, (gain if self.with_gain else None)
+
+
+class CorrWriter:
+    """One module's CORR file (facility proc layout), written row by row as corrected.
+
+    Rows of a train follow the INDEX order: the caller writes frames by train, as the
+    RAW file has them.
+    """
+
+    def __init__(self, corr_path: Path, raw_path: Path, module: int, prov: dict):
+        f = open_file(raw_path)
+        src = raw_module_source(f, module, Path(raw_path))
+        self.train_ids = np.asarray(f.train_ids, np.uint64)
+        counts = np.asarray(f[src, "image.data"].data_counts(labelled=False), np.uint64)
+        with h5py.File(raw_path, "r") as h5:
+            md = h5["METADATA"]
+            meta = dict(
+                proposal=int(md["proposalNumber"][0]) if "proposalNumber" in md else 0,
+                run=int(md["runNumber"][0]) if "runNumber" in md else 0,
+                sequence=int(md["sequenceNumber"][0]) if "sequenceNumber" in md else 0,
+                run_type="corrected",
+            )
+        self.source = corr_name_of(src)
+        self.expected = int(counts.sum())
+        self.row = 0
+        self.path = Path(corr_path)
+        self._w = EuXFELWriter(corr_path, self.train_ids, prov, **meta)
+        self._w.add_instrument(self.source, counts, {
+            "image.data": (np.float32, MODULE_SHAPE),
+            "image.mask": (np.uint32, MODULE_SHAPE),
+            "image.gain": (np.uint8, MODULE_SHAPE),
+            "image.cellId": (np.uint16, ()),
+            "image.pulseId": (np.uint64, ()),
+        }, chunk_rows=1, compression=None)
+
+    def write(self, data, mask, gain, cell_ids, pulse_ids) -> None:
+        for key, arr in (("image.data", data), ("image.mask", mask), ("image.gain", gain),
+                         ("image.cellId", cell_ids), ("image.pulseId", pulse_ids)):
+            self._w.write_rows(self.source, key, self.row, arr)
+        self.row += data.shape[0]
+
+    def close(self, failed: bool = False) -> None:
+        """Finish the file; rows missing (or ``failed``) leave no CORR file behind."""
+        if failed or self.row != self.expected:
+            self._w.abort()
+            if not failed:
+                raise RuntimeError(f"{self.path}: wrote {self.row} of {self.expected} frames")
+            return
+        self._w.close()
 
 
 def correct_sequence(
@@ -116,7 +250,7 @@ def correct_sequence(
     prov: dict,
     common_mode: CommonMode | None = None,
     user_mask: np.ndarray | None = None,
-    trains_per_chunk: int = 8,
+    trains_per_chunk: int = TRAINS_PER_CHUNK,
     progress: logging.Logger | None = None,
 ) -> dict:
     """Correct one RAW module sequence file into a CORR file (facility proc layout).
@@ -124,41 +258,21 @@ def correct_sequence(
     Returns a small dict of statistics (frames, seconds).
     """
     progress = progress or log
-    f = open_file(raw_path)
-    src = raw_module_source(f, module, Path(raw_path))
-    tids = np.asarray(f.train_ids, np.uint64)
-    counts = np.asarray(f[src, "image.data"].data_counts(labelled=False), np.uint64)
-    with h5py.File(raw_path, "r") as h5:
-        md = h5["METADATA"]
-        meta = dict(
-            proposal=int(md["proposalNumber"][0]) if "proposalNumber" in md else 0,
-            run=int(md["runNumber"][0]) if "runNumber" in md else 0,
-            sequence=int(md["sequenceNumber"][0]) if "sequenceNumber" in md else 0,
-            run_type="corrected",
-        )
-    out_src = corr_name_of(src)
     t0 = time.monotonic()
     n_frames = 0
-    with EuXFELWriter(corr_path, tids, prov, **meta) as w:
-        w.add_instrument(out_src, counts, {
-            "image.data": (np.float32, MODULE_SHAPE),
-            "image.mask": (np.uint32, MODULE_SHAPE),
-            "image.gain": (np.uint8, MODULE_SHAPE),
-            "image.cellId": (np.uint16, ()),
-            "image.pulseId": (np.uint64, ()),
-        }, chunk_rows=1, compression=None)
-        row = 0
-        for chunk_tids, chunk_counts, chunk in iter_module_chunks(raw_path, module, True, trains_per_chunk, source=src):
+    w = CorrWriter(Path(corr_path), Path(raw_path), module, prov)
+    try:
+        for _, _, chunk in iter_module_chunks(raw_path, module, True, trains_per_chunk):
             data, gain, mask = correct(chunk.data, chunk.cell_ids, constants,
                                        common_mode=common_mode, user_mask=user_mask)
-            n = data.shape[0]
-            for key, arr in (("image.data", data), ("image.mask", mask), ("image.gain", gain),
-                             ("image.cellId", chunk.cell_ids), ("image.pulseId", chunk.pulse_ids)):
-                w.write_rows(out_src, key, row, arr)
-            row += n
-            n_frames += n
+            w.write(data, mask, gain, chunk.cell_ids, chunk.pulse_ids)
+            n_frames += data.shape[0]
             el = time.monotonic() - t0
             progress.info("module %d: %d frames corrected (%.0f frames/s)", module, n_frames, n_frames / max(el, 1e-9))
+    except BaseException:
+        w.close(failed=True)
+        raise
+    w.close()
     return {"frames": n_frames, "seconds": time.monotonic() - t0}
 
 

@@ -100,6 +100,8 @@ class FrameChunk:
         mark some bad pixels so); they carry VALUE_IS_NAN in ``mask``.
     chunk_train_ids
         The trains of the chunk.
+    gain
+        ``(n_frames, n_modules, 512, 128)`` uint8 gain stage, when the reader was asked.
     """
 
     train_ids: np.ndarray
@@ -110,6 +112,7 @@ class FrameChunk:
     present: np.ndarray
     nan_pixels: np.ndarray
     chunk_train_ids: np.ndarray
+    gain: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.train_ids.size
@@ -125,19 +128,39 @@ class SequenceFrames:
         :class:`InputDataError` (drop it from the config's ``modules`` on purpose).
     train_ids
         Optional subset of trains (e.g. to test split invariance).
+    with_gain
+        Also deliver each pixel's gain stage (``FrameChunk.gain``; CORR ``image.gain``).
+
+    Subclasses deliver frames from other files by overriding :meth:`_source_of` and
+    :meth:`_read_block` (the RAW reader of :mod:`xfel_reduce.calibrate.agipd`
+    corrects there); alignment of the modules is done here, once.
     """
 
-    def __init__(self, corr_files: dict[int, Path], train_ids: Sequence[int] | None = None):
+    #: what the files hold, for messages
+    kind = "CORR"
+
+    def __init__(self, corr_files: dict[int, Path], train_ids: Sequence[int] | None = None,
+                 with_gain: bool = False):
         self.modules = sorted(corr_files)
+        self.with_gain = with_gain
         self.files = {m: open_file(corr_files[m]) for m in self.modules}
         self.paths = {m: Path(corr_files[m]) for m in self.modules}
-        self.sources = {}
-        for m, f in self.files.items():
-            self.sources[m] = f[corr_source(f, m, self.paths[m])]
+        self.sources = {m: f[self._source_of(f, m, self.paths[m])] for m, f in self.files.items()}
         tids = np.unique(np.concatenate([np.asarray(f.train_ids, np.uint64) for f in self.files.values()]))
         if train_ids is not None:
             tids = np.intersect1d(tids, np.asarray(train_ids, np.uint64))
         self.train_ids = tids
+
+    def _source_of(self, f, module: int, path: Path) -> str:
+        return corr_source(f, module, path)
+
+    def _read_block(self, module: int, sd, cells: np.ndarray):
+        """``(data float32, mask uint32, gain uint8 or None)`` of the selected rows."""
+        path = self.paths[module]
+        data = read_dataset(sd["image.data"], path, "image.data")
+        mask = read_dataset(sd["image.mask"], path, "image.mask")
+        gain = read_dataset(sd["image.gain"], path, "image.gain") if self.with_gain else None
+        return data, mask, gain
 
     @classmethod
     def from_files(cls, corr_files: Sequence[Path], train_ids: Sequence[int] | None = None) -> "SequenceFrames":
@@ -154,58 +177,138 @@ class SequenceFrames:
             by_module[m] = p
         return cls(by_module, train_ids)
 
-    def iter_chunks(self, trains_per_chunk: int = 4) -> Iterator[FrameChunk]:
+    def frame_ids(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(trainId, pulseId, cellId)`` of every frame of the sequence, in the order
+        :meth:`iter_chunks` yields them (union over modules, by train then pulse).
+
+        Reads only the small per-frame keys, so the beam columns of a whole sequence
+        are known before its first image is read.
+        """
+        from extra_data import by_id
+
+        keys: dict[tuple[int, int], int] = {}
+        for m in self.modules:
+            sd = self.sources[m].select_trains(by_id[list(self.train_ids)])
+            have_t = np.asarray(sd["image.pulseId"].train_id_coordinates(), np.uint64)
+            pid = read_dataset(sd["image.pulseId"], self.paths[m], "image.pulseId").reshape(-1)
+            cid = read_dataset(sd["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
+            keys.update(zip(zip(have_t.tolist(), pid.tolist()), cid.tolist()))
+        order = sorted(keys)
+        tid = np.array([k[0] for k in order], np.uint64)
+        pid = np.array([k[1] for k in order], np.uint64)
+        return tid, pid, np.array([keys[k] for k in order], np.uint16)
+
+    def iter_chunks(self, trains_per_chunk: int = 4, prefetch: bool = False) -> Iterator[FrameChunk]:
+        """Chunks of ``trains_per_chunk`` trains, all modules aligned.
+
+        With ``prefetch`` a reader thread reads (and, for RAW, corrects) the next chunk
+        while the caller works on this one: h5py and the numba kernels release the
+        GIL, so reading overlaps with compute.
+        """
+        starts = range(0, self.train_ids.size, trains_per_chunk)
+        tids = (self.train_ids[s:s + trains_per_chunk] for s in starts)
+        if not prefetch:
+            for t in tids:
+                yield self._chunk(t)
+            return
+        yield from _prefetched(map(self._chunk, tids))
+
+    def _chunk(self, tids: np.ndarray) -> FrameChunk:
         from extra_data import by_id
 
         n_mod = len(self.modules)
-        for start in range(0, self.train_ids.size, trains_per_chunk):
-            tids = self.train_ids[start:start + trains_per_chunk]
-            per_mod = {}
-            keys = set()
-            for m in self.modules:
-                sd = self.sources[m].select_trains(by_id[list(tids)])
-                counts = np.asarray(sd["image.data"].data_counts(labelled=False), np.int64)
-                have_t = np.asarray(sd["image.data"].train_id_coordinates(), np.uint64)
-                pid = read_dataset(sd["image.pulseId"], self.paths[m], "image.pulseId").reshape(-1).astype(np.uint64)
-                per_mod[m] = (sd, have_t, pid)
-                keys.update(zip(have_t.tolist(), pid.tolist()))
-                del counts
-            frame_keys = np.array(sorted(keys), dtype=np.uint64).reshape(-1, 2)
-            n = frame_keys.shape[0]
-            # Filled module by module below; only what no module delivered is
-            # set to NaN / NO_DATA afterwards (a full pre-fill costs a second pass).
-            data = np.empty((n, n_mod) + MODULE_SHAPE, np.float32)
-            mask = np.empty((n, n_mod) + MODULE_SHAPE, np.uint32)
-            present = np.zeros((n, n_mod), bool)
-            cells = np.zeros(n, np.uint16)
-            nan_pixels = np.zeros(n, np.int32)
-            # Encode (train, pulse) as one sortable key to find each module row's frame.
-            key_all = frame_key(frame_keys[:, 0], frame_keys[:, 1])
-            for j, m in enumerate(self.modules):
-                sd, have_t, pid = per_mod[m]
-                if pid.size == 0:
-                    continue
-                rows = np.searchsorted(key_all, frame_key(have_t, pid))
-                block = read_dataset(sd["image.data"], self.paths[m], "image.data")
-                bits = read_dataset(sd["image.mask"], self.paths[m], "image.mask")
-                nan = np.isnan(block)
-                if nan.any():  # NaN is a bad pixel, flagged, never a value
-                    bits |= nan.astype(np.uint32) * np.uint32(BadPixels.VALUE_IS_NAN)
-                    nan_pixels[rows] += nan.sum(axis=(1, 2), dtype=np.int32)
-                data[rows, j] = block
-                mask[rows, j] = bits
-                cells[rows] = read_dataset(sd["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
-                present[rows, j] = True
-            if not present.all():
-                data[~present] = np.nan
-                mask[~present] = _NO_DATA
-            yield FrameChunk(
-                train_ids=frame_keys[:, 0].copy(),
-                pulse_ids=frame_keys[:, 1].copy(),
-                cell_ids=cells,
-                data=data,
-                mask=mask,
-                present=present,
-                nan_pixels=nan_pixels,
-                chunk_train_ids=tids,
-            )
+        per_mod = {}
+        keys = set()
+        for m in self.modules:
+            sd = self.sources[m].select_trains(by_id[list(tids)])
+            have_t = np.asarray(sd["image.data"].train_id_coordinates(), np.uint64)
+            pid = read_dataset(sd["image.pulseId"], self.paths[m], "image.pulseId").reshape(-1).astype(np.uint64)
+            per_mod[m] = (sd, have_t, pid)
+            keys.update(zip(have_t.tolist(), pid.tolist()))
+        frame_keys = np.array(sorted(keys), dtype=np.uint64).reshape(-1, 2)
+        n = frame_keys.shape[0]
+        # Filled module by module below; only what no module delivered is
+        # set to NaN / NO_DATA afterwards (a full pre-fill costs a second pass).
+        data = np.empty((n, n_mod) + MODULE_SHAPE, np.float32)
+        mask = np.empty((n, n_mod) + MODULE_SHAPE, np.uint32)
+        gain = np.zeros((n, n_mod) + MODULE_SHAPE, np.uint8) if self.with_gain else None
+        present = np.zeros((n, n_mod), bool)
+        cells = np.zeros(n, np.uint16)
+        nan_pixels = np.zeros(n, np.int32)
+        # Encode (train, pulse) as one sortable key to find each module row's frame.
+        key_all = frame_key(frame_keys[:, 0], frame_keys[:, 1])
+        for j, m in enumerate(self.modules):
+            sd, have_t, pid = per_mod[m]
+            if pid.size == 0:
+                continue
+            rows = np.searchsorted(key_all, frame_key(have_t, pid))
+            mod_cells = read_dataset(sd["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
+            block, bits, g = self._read_block(m, sd, mod_cells)
+            nan = np.isnan(block)
+            if nan.any():  # NaN is a bad pixel, flagged, never a value
+                bits |= nan.astype(np.uint32) * np.uint32(BadPixels.VALUE_IS_NAN)
+                nan_pixels[rows] += nan.sum(axis=(1, 2), dtype=np.int32)
+            data[rows, j] = block
+            mask[rows, j] = bits
+            if gain is not None:
+                gain[rows, j] = g
+            cells[rows] = mod_cells
+            present[rows, j] = True
+        if not present.all():
+            data[~present] = np.nan
+            mask[~present] = _NO_DATA
+        return FrameChunk(
+            train_ids=frame_keys[:, 0].copy(),
+            pulse_ids=frame_keys[:, 1].copy(),
+            cell_ids=cells,
+            data=data,
+            mask=mask,
+            present=present,
+            nan_pixels=nan_pixels,
+            chunk_train_ids=tids,
+            gain=gain,
+        )
+
+
+def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead; an exception
+    in the thread is raised in the caller at the item where it happened."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():  # the consumer may have stopped early: never block for ever
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            put((done, exc))
+            return
+        put((done, None))
+
+    t = threading.Thread(target=work, name="frame-reader", daemon=True)
+    t.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)

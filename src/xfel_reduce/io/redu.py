@@ -47,14 +47,18 @@ def read_frame_table(path: Path, source: str, group: str = "data") -> dict[str, 
     return out
 
 
-def write_partials(path: Path, table: Mapping[str, np.ndarray], moments: Mapping[str, Moments], prov: dict) -> None:
-    """A chunk's partial results: its frame table and mergeable accumulators."""
+def write_partials(path: Path, table: Mapping[str, np.ndarray], moments: Mapping[str, Moments], prov: dict,
+                   groups: Mapping[str, object] | None = None) -> None:
+    """A chunk's partial results: its frame table and mergeable accumulators, and
+    further mergeable objects (anything with ``to_h5(group)``) in named groups."""
     with AtomicH5File(path) as f:
         attach_provenance(f, prov)
         for k, v in table.items():
             f[f"table/{k}"] = v
         for name, m in moments.items():
             m.to_h5(f.create_group(f"moments/{name}"))
+        for name, obj in (groups or {}).items():
+            obj.to_h5(f.create_group(name))
 
 
 def read_partials(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Moments]]:

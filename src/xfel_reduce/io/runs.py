@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..config import TRAINS_PER_CHUNK
+
 
 class InputDataError(RuntimeError):
     """Input data are missing, corrupt or inconsistent (message says what to do)."""
@@ -122,7 +124,7 @@ def iter_module_chunks(
     path: Path,
     module: int,
     raw: bool = True,
-    trains_per_chunk: int = 8,
+    trains_per_chunk: int = TRAINS_PER_CHUNK,
     train_ids: Sequence[int] | None = None,
     source: str | None = None,
 ) -> Iterable[tuple[np.ndarray, np.ndarray, ModuleChunk]]:

@@ -1,0 +1,9 @@
+"""Snakemake script: a technique's run-level gather (inputs and outputs named as the
+technique's sequence_files / run_files)."""
+from xfel_reduce import steps, techniques
+
+steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
+techniques.get(snakemake.params.technique).gather(
+    snakemake.config, int(snakemake.wildcards.run),
+    {k: list(v) if not isinstance(v, str) else [v] for k, v in snakemake.input.items()},
+    dict(snakemake.output.items()))
