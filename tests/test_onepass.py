@@ -245,3 +245,27 @@ def test_read_rows_as_slices_equals_fancy_indexing(tmp_path):
         for rows in (np.array([3, 4, 5, 9]), np.array([0, 1, 2, 50, 51, 120, 199]), np.array([7]),
                      np.zeros(0, np.int64)):
             np.testing.assert_array_equal(read_rows(f["x"], rows), data[rows])
+
+
+def test_static_mask_map_of_the_dark_job_equals_all_cells(tiny_reduced, tmp_path):
+    """The dark job's ``badpixels_any`` (read by every SAXS/XPCS job instead of all cells'
+    maps) is the OR over gain stages and cells, which older constants files compute."""
+    import shutil
+
+    path = _consts(tiny_reduced)[0]
+    old = tmp_path / path.name
+    shutil.copy(path, old)
+    with h5py.File(old, "r+") as f:
+        del f["badpixels_any"]
+        full = np.bitwise_or.reduce(f["badpixels"][()].reshape(-1, 512, 128), axis=0)
+    assert agipd.read_badpixels_any(path)[1].tolist() == full.tolist()
+    assert agipd.read_badpixels_any(old)[1].tolist() == full.tolist()
+
+
+def test_technique_none_is_the_base_plugin():
+    """``technique: none`` (schema) and no technique are the base: no products of their own."""
+    for name in (None, "none"):
+        t = techniques.get(name)
+        assert type(t) is techniques.Technique and not t.sequence_files and t.notebook is None
+    with pytest.raises(ValueError, match="known are"):
+        techniques.get("saxx")

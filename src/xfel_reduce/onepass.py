@@ -13,7 +13,8 @@ the sequence uses, and handed to
 4. CORR files, only when asked (``calibration.write_corr: all``).
 
 Facility proc data (``calibration.source: proc``) take the same pass with the CORR
-files as the reader.  Nothing is written unless the whole pass succeeds.
+files as the reader.  A failure while reading, correcting or reducing leaves no output
+file (each is written under a temporary name and published only at the end).
 """
 from __future__ import annotations
 
@@ -128,10 +129,12 @@ def reduce_sequence(config: dict, run: int | None, seq: int | None, frame_files:
                         chunk.pulse_ids[sel])
             el = max(time.monotonic() - t0, 1e-9)
             log.info("%s: %d frames (%.0f module frames/s)", where, annot.frames, annot.frames * len(mods) / el)
-        table, images = annot.result()
-        summary = red.finish() if red is not None else {}
+        # CORR writers first: their only failure (rows missing) must still abort the
+        # technique's outputs, which are published by finish()
         for w in writers:
             w.close()
+        table, images = annot.result()
+        summary = red.finish() if red is not None else {}
     except BaseException:
         if red is not None:
             red.abort()

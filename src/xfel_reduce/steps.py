@@ -184,10 +184,10 @@ def write_annotation(config: dict, run: int, seq: int, partial: Path, thresholds
 
 # -- aggregation ----------------------------------------------------------------------
 def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_files: Sequence[Path],
-                  output: Path, peak_tables: Sequence[Path] = (), technique: str | None = None) -> dict:
+                  output: Path, hit_tables: Sequence[Path] = (), technique: str | None = None) -> dict:
     """Merge the per-sequence partials into run images and a run annotation table.
 
-    With the technique's hit tables (``peak_tables``: SFX peak tables) the technique
+    With the technique's hit tables (``hit_tables``: SFX peak tables) the technique
     merges its hits into the run table (:meth:`xfel_reduce.techniques.Technique.merge_hits`).
     """
     from .io.redu import read_frame_table
@@ -199,9 +199,9 @@ def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_f
             merged[name] = merged[name].merge(m) if name in merged else m
     tables = [read_frame_table(Path(a), sources.ANNOTATION_SOURCE) for a in annotation_files]
     table = annotate.concat_tables(tables) if tables else annotate.empty_table(0)
-    if peak_tables:
-        table = techniques.get(technique).merge_hits(table, peak_tables)
-    prov = provenance(config, list(partials) + list(annotation_files) + list(peak_tables), step="aggregate", run=run)
+    if hit_tables:
+        table = techniques.get(technique).merge_hits(table, hit_tables)
+    prov = provenance(config, list(partials) + list(annotation_files) + list(hit_tables), step="aggregate", run=run)
     with AtomicH5File(output) as f:
         attach_provenance(f, prov)
         for name, m in merged.items():

@@ -207,7 +207,7 @@ def technique(run):
 
 
 def is_jungfrau_run(run):
-    return int(run) in JF_DARK_RUNS or (technique(run) is not None and plugin(run).detector == "jungfrau")
+    return int(run) in JF_DARK_RUNS or plugin(run).detector == "jungfrau"
 
 
 def run_raw_files(run):
@@ -271,7 +271,7 @@ def run_stages(run):
         stages = []
     else:
         stages = ["annotation"] if USE_PROC else ["calibration", "annotation"]
-    t = plugin(run).notebook if technique(run) else None
+    t = plugin(run).notebook
     if t and os.path.exists(os.path.join(workflow.basedir, "reports", f"{t}.ipynb")):
         stages.append(t)
     return stages

@@ -163,19 +163,17 @@ class CorrectionHistogram:
         ``max_frames`` frames of each module over the files."""
         from ..io.frames import SequenceFrames
 
-        by_module: dict[int, list[Path]] = {}
-        for p in map(Path, paths):
-            reader = SequenceFrames.from_files([p])
-            by_module.setdefault(reader.modules[0], []).append(p)
+        by_module: dict[int, list] = {}
+        for p in sorted(map(Path, paths)):
+            reader = SequenceFrames.from_files([p], with_gain=True)
+            by_module.setdefault(reader.modules[0], []).append(reader)
         if not by_module:
             return None
         modules = sorted(by_module)
         out = cls(modules, max_frames)
         for j, m in enumerate(modules):
             part = cls([m], max_frames)
-            for p in sorted(by_module[m]):
-                reader = SequenceFrames.from_files([p])
-                reader.with_gain = True
+            for reader in by_module[m]:
                 for chunk in reader.iter_chunks(4):
                     if part.frames[0] >= max_frames:
                         break

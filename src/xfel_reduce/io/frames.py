@@ -32,6 +32,12 @@ def frame_key(train_ids: np.ndarray, pulse_ids: np.ndarray) -> np.ndarray:
     return np.asarray(train_ids, np.uint64) * np.uint64(1 << 16) + np.asarray(pulse_ids, np.uint64)
 
 
+def split_frame_key(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(trainId, pulseId)`` of :func:`frame_key` values."""
+    keys = np.asarray(keys, np.uint64)
+    return keys >> np.uint64(16), keys & np.uint64(0xFFFF)
+
+
 class FrameIndex:
     """Rows of a per-frame table (e.g. the annotation) by (trainId, pulseId), sorted once."""
 
@@ -163,7 +169,8 @@ class SequenceFrames:
         return data, mask, gain
 
     @classmethod
-    def from_files(cls, corr_files: Sequence[Path], train_ids: Sequence[int] | None = None) -> "SequenceFrames":
+    def from_files(cls, corr_files: Sequence[Path], train_ids: Sequence[int] | None = None,
+                   with_gain: bool = False) -> "SequenceFrames":
         """Reader of CORR files whose modules are read from their sources (one module per file)."""
         by_module = {}
         for p in map(Path, corr_files):
@@ -175,7 +182,7 @@ class SequenceFrames:
             if m in by_module:
                 raise InputDataError(f"{p} and {by_module[m]} both hold module {m}")
             by_module[m] = p
-        return cls(by_module, train_ids)
+        return cls(by_module, train_ids, with_gain)
 
     def frame_ids(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(trainId, pulseId, cellId)`` of every frame of the sequence, in the order
@@ -186,17 +193,22 @@ class SequenceFrames:
         """
         from extra_data import by_id
 
-        keys: dict[tuple[int, int], int] = {}
+        keys, cells = [], []
         for m in self.modules:
             sd = self.sources[m].select_trains(by_id[list(self.train_ids)])
-            have_t = np.asarray(sd["image.pulseId"].train_id_coordinates(), np.uint64)
-            pid = read_dataset(sd["image.pulseId"], self.paths[m], "image.pulseId").reshape(-1)
-            cid = read_dataset(sd["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
-            keys.update(zip(zip(have_t.tolist(), pid.tolist()), cid.tolist()))
-        order = sorted(keys)
-        tid = np.array([k[0] for k in order], np.uint64)
-        pid = np.array([k[1] for k in order], np.uint64)
-        return tid, pid, np.array([keys[k] for k in order], np.uint16)
+            keys.append(self._module_keys(m, sd))
+            cells.append(read_dataset(sd["image.cellId"], self.paths[m], "image.cellId").reshape(-1))
+        # the union over modules; a frame's cell is its last module's, as in _chunk
+        k, c = np.concatenate(keys)[::-1], np.concatenate(cells)[::-1]
+        union, last = np.unique(k, return_index=True)
+        tid, pid = split_frame_key(union)
+        return tid, pid, c[last].astype(np.uint16)
+
+    def _module_keys(self, module: int, sd) -> np.ndarray:
+        """Frame keys (:func:`frame_key`) of a module's selected rows."""
+        have_t = np.asarray(sd["image.pulseId"].train_id_coordinates(), np.uint64)
+        pid = read_dataset(sd["image.pulseId"], self.paths[module], "image.pulseId").reshape(-1)
+        return frame_key(have_t, pid)
 
     def iter_chunks(self, trains_per_chunk: int = 4, prefetch: bool = False) -> Iterator[FrameChunk]:
         """Chunks of ``trains_per_chunk`` trains, all modules aligned.
@@ -218,15 +230,12 @@ class SequenceFrames:
 
         n_mod = len(self.modules)
         per_mod = {}
-        keys = set()
         for m in self.modules:
             sd = self.sources[m].select_trains(by_id[list(tids)])
-            have_t = np.asarray(sd["image.data"].train_id_coordinates(), np.uint64)
-            pid = read_dataset(sd["image.pulseId"], self.paths[m], "image.pulseId").reshape(-1).astype(np.uint64)
-            per_mod[m] = (sd, have_t, pid)
-            keys.update(zip(have_t.tolist(), pid.tolist()))
-        frame_keys = np.array(sorted(keys), dtype=np.uint64).reshape(-1, 2)
-        n = frame_keys.shape[0]
+            per_mod[m] = (sd, self._module_keys(m, sd))
+        # (train, pulse) as one sortable key: the union over modules, by train then pulse
+        key_all = np.unique(np.concatenate([k for _, k in per_mod.values()]))
+        n = key_all.size
         # Filled module by module below; only what no module delivered is
         # set to NaN / NO_DATA afterwards (a full pre-fill costs a second pass).
         data = np.empty((n, n_mod) + MODULE_SHAPE, np.float32)
@@ -235,13 +244,11 @@ class SequenceFrames:
         present = np.zeros((n, n_mod), bool)
         cells = np.zeros(n, np.uint16)
         nan_pixels = np.zeros(n, np.int32)
-        # Encode (train, pulse) as one sortable key to find each module row's frame.
-        key_all = frame_key(frame_keys[:, 0], frame_keys[:, 1])
         for j, m in enumerate(self.modules):
-            sd, have_t, pid = per_mod[m]
-            if pid.size == 0:
+            sd, keys = per_mod[m]
+            if keys.size == 0:
                 continue
-            rows = np.searchsorted(key_all, frame_key(have_t, pid))
+            rows = np.searchsorted(key_all, keys)
             mod_cells = read_dataset(sd["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
             block, bits, g = self._read_block(m, sd, mod_cells)
             nan = np.isnan(block)
@@ -257,9 +264,10 @@ class SequenceFrames:
         if not present.all():
             data[~present] = np.nan
             mask[~present] = _NO_DATA
+        train_ids, pulse_ids = split_frame_key(key_all)
         return FrameChunk(
-            train_ids=frame_keys[:, 0].copy(),
-            pulse_ids=frame_keys[:, 1].copy(),
+            train_ids=train_ids,
+            pulse_ids=pulse_ids,
             cell_ids=cells,
             data=data,
             mask=mask,

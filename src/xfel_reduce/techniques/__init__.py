@@ -117,7 +117,7 @@ class Technique:
         return load_run_table(Path(paths[0]))
 
 
-_REGISTRY: dict[str, type[Technique]] = {}
+_REGISTRY: dict[str, type[Technique]] = {Technique.name: Technique}
 
 
 def register(cls: type[Technique]) -> type[Technique]:
@@ -127,9 +127,9 @@ def register(cls: type[Technique]) -> type[Technique]:
 
 
 def get(name: str | None) -> Technique:
-    """The technique plug-in of a run (``None`` or an unknown name is an error naming the known ones)."""
-    if name is None:
-        return Technique()
+    """The technique plug-in of a run (``None``, like ``none``, is the base: annotation
+    and aggregate only); an unknown name is an error naming the known ones."""
+    name = "none" if name is None else name
     if name not in _REGISTRY:
         raise ValueError(f"unknown technique {name!r}: known are {sorted(_REGISTRY)} (runs[].technique)")
     return _REGISTRY[name]()
@@ -217,10 +217,9 @@ def static_mask(config: dict, inputs: Sequence[Path]) -> np.ndarray:
     with h5py.File(paths[0], "r") as f:
         is_constants = "badpixels" in f
     if is_constants:
-        by_module = {}
-        for p in paths:
-            with h5py.File(p, "r") as f:
-                by_module[int(f.attrs["module"])] = np.bitwise_or.reduce(f["badpixels"][()].reshape(-1, 512, 128), axis=0)
+        from ..calibrate.agipd import read_badpixels_any
+
+        by_module = dict(read_badpixels_any(p) for p in paths)
         return np.stack([by_module[m] for m in modules_of(config)]).astype(np.uint32)
     chunk = next(SequenceFrames(dict(zip(modules_of(config), paths))).iter_chunks(1))
     return np.bitwise_or.reduce(chunk.mask, axis=0)
