@@ -9,6 +9,7 @@ memory cells only; the correction histograms give the report's zero-photon peak.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import h5py
@@ -160,15 +161,15 @@ def test_reader_thread_error_reaches_caller_and_leaves_nothing(tiny_reduced, tmp
     file is left behind."""
     r = tiny_reduced
     calls = {"n": 0}
-    original = agipd.RawSequenceFrames._read_block
+    original = agipd.RawSequenceFrames._fill
 
-    def failing(self, module, sd, cells):
+    def failing(self, module, *args):
         calls["n"] += 1
         if module == 1 and calls["n"] > 2:
             raise OSError(f"{self.paths[module]}: truncated file (simulated)")
-        return original(self, module, sd, cells)
+        return original(self, module, *args)
 
-    monkeypatch.setattr(agipd.RawSequenceFrames, "_read_block", failing)
+    monkeypatch.setattr(agipd.RawSequenceFrames, "_fill", failing)
     out = tmp_path / "S00000.h5"
     corr_out = [tmp_path / "proc" / f"c{m}.h5" for m in (0, 1)]
     with pytest.raises(OSError, match="truncated file"):
@@ -269,3 +270,53 @@ def test_technique_none_is_the_base_plugin():
         assert type(t) is techniques.Technique and not t.sequence_files and t.notebook is None
     with pytest.raises(ValueError, match="known are"):
         techniques.get("saxx")
+
+
+def test_annotation_pixel_pass_equals_numpy(monkeypatch):
+    """The annotation's one read of the pixels (photons, lit pixels and the class images
+    in one kernel) equals the numpy reference per frame and numpy's nanmean / nanvar
+    per class, with NaN pixels, masked pixels, a missing module and frames of every
+    class (laser on, laser off, dark, no beam data) split over two chunks."""
+    from xfel_reduce.io.frames import FrameChunk
+
+    rng = np.random.default_rng(7)
+    n, n_mod = 14, 2
+    data = (rng.poisson(0.4, (n, n_mod, 512, 128)) * 1.1).astype(np.float32)
+    data[rng.random(data.shape) < 0.002] = np.nan
+    mask = (rng.random(data.shape) < 0.05).astype(np.uint32)
+    present = np.ones((n, n_mod), bool)
+    present[3, 1] = False
+    data[3, 1], mask[3, 1] = np.nan, 1 << 31
+    tid = np.repeat(np.arange(1000, 1000 + n // 2, dtype=np.uint64), 2)
+    pid = np.tile(np.arange(2, dtype=np.uint64), n // 2)
+    cols = {"xray": rng.random(n) < 0.6, "ppl": rng.random(n) < 0.5, "beam_data": rng.random(n) < 0.9}
+    cols["ppl"] &= cols["xray"]
+
+    def beam_columns(beam_table, train_ids, cell_ids, cfg):
+        sel = np.flatnonzero(np.isin(tid, train_ids))  # the chunks hold whole trains
+        return {"xray": cols["xray"][sel], "ppl": cols["ppl"][sel], "beam_data": cols["beam_data"][sel],
+                "n_pulses": np.zeros(sel.size, np.uint16), "pulse_energy": np.zeros(sel.size, np.float32),
+                "beam_source": np.zeros(sel.size, np.uint8)}
+
+    monkeypatch.setattr(annotate, "frame_beam_columns", beam_columns)
+    cfg = annotate.AnnotationConfig()
+    red = annotate.AnnotationReducer(n_mod, cfg)
+    for lo, hi in ((0, 6), (6, n)):
+        red.add(FrameChunk(train_ids=tid[lo:hi], pulse_ids=pid[lo:hi], cell_ids=pid[lo:hi].astype(np.uint16),
+                           data=data[lo:hi], mask=mask[lo:hi], present=present[lo:hi],
+                           nan_pixels=np.zeros(hi - lo, np.int32), chunk_train_ids=np.unique(tid[lo:hi])))
+    table, images = red.result()
+    photons, lit = annotate.frame_stats_reference_numpy(data, mask, present, cfg)
+    np.testing.assert_allclose(table["photons"], photons, rtol=1e-6)
+    np.testing.assert_array_equal(table["lit_pixels"], lit)
+    x, ppl = cols["xray"], cols["ppl"]
+    for name, sel in (("xray", x), ("laser_on", x & ppl), ("laser_off", x & ~ppl), ("dark", ~x & cols["beam_data"])):
+        ref = np.where(mask == 0, data, np.nan).astype(np.float64)[sel]
+        m = images[name]
+        np.testing.assert_array_equal(m.count, np.isfinite(ref).sum(axis=0), err_msg=name)
+        with warnings.catch_warnings():  # all-NaN pixels of a class
+            warnings.simplefilter("ignore", RuntimeWarning)
+            good = m.count > 1
+            np.testing.assert_allclose(m.mean[good], np.nanmean(ref, axis=0)[good], rtol=1e-10, err_msg=name)
+            np.testing.assert_allclose(m.var[good], np.nanvar(ref, axis=0, ddof=1)[good], rtol=1e-8, atol=1e-12,
+                                       err_msg=name)

@@ -15,50 +15,76 @@ import numba
 import numpy as np
 
 
+@numba.njit(inline="always", cache=True, nogil=True)
+def merge_block(count, mean, m2, lo, ref, nb, s1, s2):  # pragma: no cover - compiled
+    """Merge one block of pixels' batch sums into the running moments (in place).
+
+    ``nb``, ``s1``, ``s2``: per pixel ``lo + j`` the batch's count and the sums of
+    ``v - ref[j]`` and of its square.  Shifted sums from a reference near the mean (the
+    running mean, or a first value) keep ``s2 - s1²/n`` free of cancellation, so one
+    pass over the batch is enough; the batch then merges by Chan et al.'s pairwise
+    update, which is what makes any split of a run give the same moments.
+    """
+    for j in range(nb.size):
+        k = nb[j]
+        if k == 0:
+            continue
+        mb = ref[j] + s1[j] / k
+        qb = max(s2[j] - s1[j] * s1[j] / k, 0.0)
+        c = count[lo + j]
+        n = c + k
+        delta = mb - mean[lo + j]
+        mean[lo + j] += delta * k / n
+        m2[lo + j] += qb + delta * delta * c * k / n
+        count[lo + j] = n
+
+
+@numba.njit(inline="always", cache=True, nogil=True)
+def block_reference(batch, mask, first, count, mean, lo, ref):  # pragma: no cover - compiled
+    """``ref`` of :func:`merge_block`: the running mean where there is one, else the
+    batch's row ``first`` (if valid there), else 0."""
+    use_mask = mask.shape[0] > 0
+    for j in range(ref.size):
+        if count[lo + j] > 0:
+            ref[j] = mean[lo + j]
+        else:
+            ref[j] = 0.0
+            if first >= 0:
+                v = batch[first, lo + j]
+                if v == v and (not use_mask or mask[first, lo + j] == 0):
+                    ref[j] = v
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _add_moments(batch, mask, rows, count, mean, m2):  # pragma: no cover - compiled
     """Add ``batch[rows]`` to (count, mean, M2) in place; values that are NaN or whose
     ``mask`` is non-zero are skipped (``mask`` may be empty).
 
-    Per block of pixels: count and sum of the rows, then their squared deviations
-    from the block's own mean (the rows of a block stay in cache), then one pairwise
-    (Chan et al.) merge into the running moments.  One division per pixel per batch
-    instead of one per value (Welford), which made this the annotation's costliest
-    step.
+    Per block of pixels one pass over the rows (shifted sums, :func:`merge_block`),
+    the block's sums staying in cache, then one pairwise merge: one division per
+    pixel per batch instead of one per value (Welford).
     """
     p = batch.shape[1]
     use_mask = mask.shape[0] > 0
     block = 2048
+    first = rows[0] if rows.size else -1
     for b in numba.prange((p + block - 1) // block):
         lo = b * block
         hi = min(p, lo + block)
+        ref = np.empty(hi - lo, np.float64)
+        block_reference(batch, mask, first, count, mean, lo, ref)
         nb = np.zeros(hi - lo, np.int64)
-        sb = np.zeros(hi - lo, np.float64)
+        s1 = np.zeros(hi - lo, np.float64)
+        s2 = np.zeros(hi - lo, np.float64)
         for i in rows:
-            for j in range(lo, hi):
-                v = batch[i, j]
-                if v == v and (not use_mask or mask[i, j] == 0):
-                    nb[j - lo] += 1
-                    sb[j - lo] += v
-        for j in range(hi - lo):
-            if nb[j] > 0:
-                sb[j] /= nb[j]
-        qb = np.zeros(hi - lo, np.float64)
-        for i in rows:
-            for j in range(lo, hi):
-                v = batch[i, j]
-                if v == v and (not use_mask or mask[i, j] == 0):
-                    d = v - sb[j - lo]
-                    qb[j - lo] += d * d
-        for j in range(lo, hi):
-            k = nb[j - lo]
-            if k == 0:
-                continue
-            n = count[j] + k
-            delta = sb[j - lo] - mean[j]
-            mean[j] += delta * k / n
-            m2[j] += qb[j - lo] + delta * delta * count[j] * k / n
-            count[j] = n
+            for j in range(hi - lo):
+                v = batch[i, lo + j]
+                if v == v and (not use_mask or mask[i, lo + j] == 0):
+                    d = v - ref[j]
+                    nb[j] += 1
+                    s1[j] += d
+                    s2[j] += d * d
+        merge_block(count, mean, m2, lo, ref, nb, s1, s2)
 
 
 @dataclass

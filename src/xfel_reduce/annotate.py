@@ -16,6 +16,9 @@ import euxfel_bunch_pattern as bp
 import numba
 import numpy as np
 
+from .aggregate import block_reference, merge_block
+from .io.frames import MODULE_SHAPE
+
 #: Columns of the annotation table, in file order, with their dtypes.
 COLUMNS: dict[str, np.dtype] = {
     "trainId": np.dtype(np.uint64),
@@ -115,6 +118,63 @@ def _frame_stats_kernel(data, mask, present, photon_thr, lit_thr, photons, lit):
                             n_lit += 1
         photons[i] = s
         lit[i] = n_lit
+
+
+# fastmath "reassoc" only: the per-frame sums may be vectorised (2x here); no "nnan",
+# so the NaN tests stay
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
+def _pixel_pass(data, mask, cls, photon_thr, lit_thr, count, mean, m2, photons, lit):  # pragma: no cover
+    # The annotation's one read of a chunk's pixels: per frame the photons and lit
+    # pixels (what frame_stats computes) and, per image class, the moments (what
+    # Moments.add_masked computes), block by block of pixels so that a block's sums
+    # stay in cache.  Per-frame sums are kept per block (photons[b, i]) and added by
+    # the caller: parallel blocks never write the same element.
+    n, p = data.shape
+    n_cls = count.shape[0]
+    block = 2048
+    for b in numba.prange((p + block - 1) // block):
+        lo = b * block
+        hi = min(p, lo + block)
+        w = hi - lo
+        ref = np.empty((n_cls, w), np.float64)
+        nb = np.zeros((n_cls, w), np.int64)
+        s1 = np.zeros((n_cls, w), np.float64)
+        s2 = np.zeros((n_cls, w), np.float64)
+        for c in range(n_cls):
+            first = -1
+            for i in range(n):
+                if cls[i] == c:
+                    first = i
+                    break
+            block_reference(data, mask, first, count[c], mean[c], lo, ref[c])
+        for i in range(n):
+            c = cls[i]
+            ps = 0.0
+            nl = 0
+            drow = data[i, lo:hi]
+            mrow = mask[i, lo:hi]
+            # branch-free (selects, not jumps), so the compiler can vectorise the loops
+            if c >= 0:
+                r, a, q1, q2 = ref[c], nb[c], s1[c], s2[c]
+                for j in range(w):
+                    v = drow[j]
+                    ok = (mrow[j] == 0) & (v == v)  # NaN != NaN
+                    ps += v if ok & (v >= photon_thr) else 0.0
+                    nl += 1 if ok & (v >= lit_thr) else 0
+                    d = v - r[j] if ok else 0.0
+                    a[j] += 1 if ok else 0
+                    q1[j] += d
+                    q2[j] += d * d
+            else:
+                for j in range(w):
+                    v = drow[j]
+                    ok = (mrow[j] == 0) & (v == v)
+                    ps += v if ok & (v >= photon_thr) else 0.0
+                    nl += 1 if ok & (v >= lit_thr) else 0
+            photons[b, i] = ps
+            lit[b, i] = nl
+        for c in range(n_cls):
+            merge_block(count[c], mean[c], m2[c], lo, ref[c], nb[c], s1[c], s2[c])
 
 
 def frame_stats(data: np.ndarray, mask: np.ndarray, present: np.ndarray, cfg: AnnotationConfig):
@@ -282,31 +342,49 @@ class AnnotationReducer:
         data; then ``cfg.xray_frames`` declares the X-ray frames).
     """
 
-    def __init__(self, n_modules: int, cfg: AnnotationConfig, beam_table=None):
-        from .aggregate import Moments
+    #: classes accumulated per frame (a frame is in at most one); "xray" is the merge
+    #: of laser_on and laser_off (result())
+    PASS_CLASSES = ("laser_on", "laser_off", "dark")
 
+    def __init__(self, n_modules: int, cfg: AnnotationConfig, beam_table=None):
         self.cfg, self.beam_table = cfg, beam_table
-        self.images = {c: Moments((n_modules, 512, 128)) for c in IMAGE_CLASSES}
+        self.shape = (n_modules,) + MODULE_SHAPE
+        p = int(np.prod(self.shape))
+        k = len(self.PASS_CLASSES)
+        self._count = np.zeros((k, p), np.int64)
+        self._mean = np.zeros((k, p), np.float64)
+        self._m2 = np.zeros((k, p), np.float64)
         self.parts: list[dict[str, np.ndarray]] = []
 
     def add(self, chunk) -> dict[str, np.ndarray]:
         """Annotate one chunk; returns its table rows (chunk order), which the
         technique reducers of the same pass receive."""
-        photons, lit = frame_stats(chunk.data, chunk.mask, chunk.present, self.cfg)
         t = empty_table(len(chunk))
         t.update(trainId=chunk.train_ids, pulseId=chunk.pulse_ids, cellId=chunk.cell_ids,
-                 photons=photons, lit_pixels=lit, modules_present=chunk.present.sum(axis=1),
-                 nan_pixels=chunk.nan_pixels,
+                 modules_present=chunk.present.sum(axis=1), nan_pixels=chunk.nan_pixels,
                  **frame_beam_columns(self.beam_table, chunk.train_ids, chunk.cell_ids, self.cfg))
         t["n_peaks"][:] = -1
-        self.parts.append(t)
         x = t["xray"]
         # laser-on and laser-off partition the X-ray frames: their merge is the X-ray
         # class (result()), so every frame is accumulated once, not twice
-        for name, sel in (("laser_on", x & t["ppl"]), ("laser_off", x & ~t["ppl"]),
-                          ("dark", ~x & t["beam_data"])):
-            if sel.any():
-                self.images[name].add_masked(chunk.data, chunk.mask, sel)
+        cls = np.full(len(chunk), -1, np.int64)
+        cls[x & t["ppl"]] = 0
+        cls[x & ~t["ppl"]] = 1
+        cls[~x & t["beam_data"]] = 2
+        n = len(chunk)
+        data = chunk.data.reshape(n, -1)
+        mask = chunk.mask.reshape(n, -1)
+        if not (data.flags.c_contiguous and mask.flags.c_contiguous):
+            data, mask = np.ascontiguousarray(data), np.ascontiguousarray(mask)
+        n_blk = (data.shape[1] + 2047) // 2048
+        photons = np.zeros((n_blk, n), np.float64)
+        lit = np.zeros((n_blk, n), np.int64)
+        # missing modules are masked (NO_DATA), so they count in neither sum
+        _pixel_pass(data, mask, cls, np.float32(self.cfg.photon_threshold), np.float32(self.cfg.lit_threshold),
+                    self._count, self._mean, self._m2, photons, lit)
+        t["photons"] = photons.sum(axis=0).astype(np.float32)
+        t["lit_pixels"] = lit.sum(axis=0).astype(np.int32)
+        self.parts.append(t)
         return t
 
     @property
@@ -322,9 +400,12 @@ class AnnotationReducer:
 
         table = {k: np.concatenate([p[k] for p in self.parts]) if self.parts else np.zeros(0, dt)
                  for k, dt in COLUMNS.items()}
-        on = self.images["laser_on"]
-        self.images["xray"] = Moments(on.shape).merge(on).merge(self.images["laser_off"])
-        return table, self.images
+        images = {}
+        for c, name in enumerate(self.PASS_CLASSES):
+            m = images[name] = Moments(self.shape)
+            m.count, m.mean, m.m2 = (a[c].reshape(self.shape).copy() for a in (self._count, self._mean, self._m2))
+        images["xray"] = Moments(self.shape).merge(images["laser_on"]).merge(images["laser_off"])
+        return table, {c: images[c] for c in IMAGE_CLASSES}
 
 
 def annotate_sequence(reader, cfg: AnnotationConfig, beam_table=None, trains_per_chunk: int = 4,

@@ -115,7 +115,7 @@ def reduce_sequence(config: dict, run: int | None, seq: int | None, frame_files:
         raise ValueError("CORR files are written from RAW input only")
     writers = [CorrWriter(Path(c), Path(r), m, provenance(config, [r, k], step="correct", module=m))
                for m, r, k, c in zip(mods, frame_files, constants, corr_out)]
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     try:
         for chunk in reader.iter_chunks(trains_per_chunk(config), prefetch=prefetch):
             rows = annot.add(chunk)
@@ -148,7 +148,9 @@ def reduce_sequence(config: dict, run: int | None, seq: int | None, frame_files:
     write_partials(Path(partial_out), table, images, prov,
                    groups={"correction_check": check} if check is not None else None)
     seconds = time.monotonic() - t0
-    out = {"frames": int(table["trainId"].size), "seconds": seconds,
+    # CPU of every thread (the reader's included) from the first chunk on: the
+    # pass's steady state, without the set-up (imports, constants, engines) before it
+    out = {"frames": int(table["trainId"].size), "seconds": seconds, "loop_cpu_seconds": time.process_time() - c0,
            "module_frames_per_s": table["trainId"].size * len(mods) / max(seconds, 1e-9), "technique": summary}
     log.info("%s: done, %s", where, out)
     return out

@@ -194,7 +194,7 @@ def gather_outputs(name):
 # Output path templates used by more than one rule file: defined once here.
 ANNOTATION_FILE = os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANNOT-S{seq}.h5")
 PARTIAL_FILE = os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5")
-AGGREGATE_FILE = os.path.join(RESULTS, "r{run}", "aggregate", "run.h5")
+AGGREGATE_FILE = os.path.join(RESULTS, techniques.AGGREGATE_FILE)
 HIT_THRESHOLDS_FILE = os.path.join(RESULTS, "r{run}", "partials", "hit_thresholds.h5")
 
 

@@ -15,7 +15,7 @@ from ..io.euxfel import EuXFELWriter, write_h5
 from ..io.frames import SequenceFrames
 from ..io.runs import (InputDataError, corr_name_of, iter_module_chunks, open_file, raw_module_source,
                        read_dataset)
-from .correct import CommonMode, CorrectionConstants, correct
+from .correct import CommonMode, CorrectionConstants, correct, correct_into
 from .dark import BadPixelRules, CellMoments, DarkConstants, characterise, dark_run_files
 
 log = logging.getLogger(__name__)
@@ -164,13 +164,23 @@ class ModuleCorrector:
 
     def __call__(self, raw: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(data, gain, mask)`` of raw frames ``(n, 2, 512, 128)`` (see :func:`correct`)."""
+        return correct(raw, self._rows(cells), self.constants, common_mode=self.common_mode)
+
+    def into(self, raw: np.ndarray, cells: np.ndarray, data: np.ndarray, gain: np.ndarray, mask: np.ndarray,
+             dest: np.ndarray, slot: int) -> np.ndarray:
+        """Correct into ``data[dest, slot]`` … of a chunk (:func:`correct_into`, no common
+        mode); NaN pixels per frame."""
+        return correct_into(raw, self._rows(cells), self.constants, data, gain, mask, dest, slot)
+
+    def _rows(self, cells: np.ndarray) -> np.ndarray:
+        """Rows of the loaded constants for memory cells ``cells``."""
         cells = np.asarray(cells, np.int64)
         rows = self.lut[np.minimum(cells, self.lut.size - 1)] if cells.size else cells
         if cells.size and ((cells >= self.lut.size) | (rows < 0)).any():
             bad = int(cells[(cells >= self.lut.size) | (rows < 0)][0])
             raise InputDataError(f"memory cell {bad} was not among the cells the corrector of "
                                  f"{self.path.name} was set up for")
-        return correct(raw, rows, self.constants, common_mode=self.common_mode)
+        return rows
 
 
 class RawSequenceFrames(SequenceFrames):
@@ -200,13 +210,29 @@ class RawSequenceFrames(SequenceFrames):
     def _source_of(self, f, module: int, path: Path) -> str:
         return raw_module_source(f, module, path)
 
-    def _read_block(self, module: int, sd, cells: np.ndarray):
+    def _fill(self, module: int, sd, cells: np.ndarray, rows: np.ndarray, slot: int, data: np.ndarray,
+              mask: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
         raw = read_dataset(sd["image.data"], self.paths[module], "image.data")
         if raw.ndim != 4 or raw.shape[1] != 2:
             raise InputDataError(f"{self.paths[module]}: image.data has shape {raw.shape[1:]} per frame, "
                                  "expected AGIPD RAW (2, 512, 128) (analog, digital)")
-        data, gain, mask = self.correctors[module](raw, cells)
-        return data, mask, (gain if self.with_gain else None)
+        corrector = self.correctors[module]
+        if corrector.common_mode is not None and corrector.common_mode.enabled:
+            # common mode works on a module's own frames: correct apart, then place
+            d, g, mk = corrector(raw, cells)
+            data[rows, slot], mask[rows, slot] = d, mk
+            if gain is not None:
+                gain[rows, slot] = g
+            return np.isnan(d).sum(axis=(1, 2), dtype=np.int32)
+        if gain is None:  # the kernel decodes the stage anyway; a scratch slot for it
+            gain = self._scratch_gain(data.shape)
+        return corrector.into(raw, cells, data, gain, mask, rows, slot)
+
+    def _scratch_gain(self, shape: tuple[int, ...]) -> np.ndarray:
+        buf = getattr(self, "_gain_buf", None)
+        if buf is None or buf.shape != shape:
+            buf = self._gain_buf = np.empty(shape, np.uint8)
+        return buf
 
 
 class CorrWriter:

@@ -24,23 +24,25 @@ _WRONG_GAIN = np.uint32(BadPixels.WRONG_GAIN_VALUE)
 
 
 @numba.njit(inline="always", cache=True)
-def _store(orow, grow, mrow, x, v, g, m):  # pragma: no cover - compiled
-    """Write one corrected pixel; a non-finite value is NaN and flagged VALUE_IS_NAN."""
-    if not np.isfinite(v):
-        m |= _IS_NAN
-        v = np.float32(np.nan)
-    orow[x] = v
+def _store(orow, grow, mrow, x, v, g, m) -> int:  # pragma: no cover - compiled
+    """Write one corrected pixel; a non-finite value is NaN and flagged VALUE_IS_NAN
+    (returns 1 then, else 0: the caller counts NaN pixels per frame)."""
+    fin = np.isfinite(v)
+    orow[x] = v if fin else np.float32(np.nan)
     grow[x] = g
-    mrow[x] = m
+    mrow[x] = m if fin else m | _IS_NAN
+    return 0 if fin else 1
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _correct_agipd(raw, cells, thresholds, offset, inv_gain, badpix, saturation,
-                   out, gain_out, mask_out):  # pragma: no cover - compiled
+                   out, gain_out, mask_out, dest, slot, nan_rows):  # pragma: no cover - compiled
     # One image row per iteration: the row's constants of the frame's cell are taken
     # once as 1-D views, so the pixel loop indexes contiguous rows (what lets the
     # compiler keep it tight; 3x faster than 4-D indexing per pixel), and the raw
     # (analog, digital) pair is read in place, without the copies a slice costs.
+    # Frame i goes to out[dest[i], slot]: the one pass writes each module straight
+    # into its place in the chunk (n_frames, n_modules, ny, nx), no second copy.
     n, _, ny, nx = raw.shape
     for k in numba.prange(n * ny):
         i = k // ny
@@ -51,30 +53,28 @@ def _correct_agipd(raw, cells, thresholds, offset, inv_gain, badpix, saturation,
         o0, o1, o2 = offset[0, c, y], offset[1, c, y], offset[2, c, y]
         g0, g1, g2 = inv_gain[0, c, y], inv_gain[1, c, y], inv_gain[2, c, y]
         b0, b1, b2 = badpix[0, c, y], badpix[1, c, y], badpix[2, c, y]
-        orow, grow, mrow = out[i, y], gain_out[i, y], mask_out[i, y]
+        r = dest[i]
+        orow, grow, mrow = out[r, slot, y], gain_out[r, slot, y], mask_out[r, slot, y]
+        bad = 0
+        # selects instead of branches: the gain stage changes from pixel to pixel
+        # with the signal, and mispredicted jumps cost more than the loads
         for x in range(nx):
             a = a_row[x]
             d = np.float32(d_row[x])
-            if d < t0[x]:
-                v = (np.float32(a) - o0[x]) * g0[x]
-                m = b0[x]
-                g = 0
-            elif d < t1[x]:
-                v = (np.float32(a) - o1[x]) * g1[x]
-                m = b1[x]
-                g = 1
-            else:
-                v = (np.float32(a) - o2[x]) * g2[x]
-                m = b2[x]
-                g = 2
-                if a >= saturation:
-                    m |= _OUT_OF_RANGE
-            _store(orow, grow, mrow, x, v, g, m)
+            s0 = d < t0[x]
+            s1 = d < t1[x]
+            o = o0[x] if s0 else (o1[x] if s1 else o2[x])
+            gi = g0[x] if s0 else (g1[x] if s1 else g2[x])
+            m = b0[x] if s0 else (b1[x] if s1 else b2[x])
+            g = 0 if s0 else (1 if s1 else 2)
+            m |= _OUT_OF_RANGE if (g == 2) & (a >= saturation) else np.uint32(0)
+            bad += _store(orow, grow, mrow, x, (np.float32(a) - o) * gi, g, m)
+        nan_rows[k] = bad
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _correct_gain_bits(raw, cells, offset, inv_gain, badpix, saturation,
-                       out, gain_out, mask_out):  # pragma: no cover - compiled
+                       out, gain_out, mask_out, dest, slot, nan_rows):  # pragma: no cover - compiled
     # JUNGFRAU: the gain stage is in bits 14-15 of the ADC word (0 -> G0, 1 -> G1,
     # 3 -> G2; 2 is not a valid stage and flagged), row by row as above.
     n, ny, nx = raw.shape
@@ -83,7 +83,9 @@ def _correct_gain_bits(raw, cells, offset, inv_gain, badpix, saturation,
         y = k % ny
         c = cells[i]
         w_row = raw[i, y]
-        orow, grow, mrow = out[i, y], gain_out[i, y], mask_out[i, y]
+        r = dest[i]
+        orow, grow, mrow = out[r, slot, y], gain_out[r, slot, y], mask_out[r, slot, y]
+        bad = 0
         for x in range(nx):
             word = np.int64(w_row[x])
             a = word & 0x3FFF
@@ -95,7 +97,8 @@ def _correct_gain_bits(raw, cells, offset, inv_gain, badpix, saturation,
                 m |= _WRONG_GAIN
             if a >= saturation and g == 2:
                 m |= _OUT_OF_RANGE
-            _store(orow, grow, mrow, x, v, g, m)
+            bad += _store(orow, grow, mrow, x, v, g, m)
+        nan_rows[k] = bad
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -207,6 +210,33 @@ def correct(
     data, gain, mask
         float32 photons, uint8 gain stage, uint32 EuXFEL bad-pixel bits.
     """
+    shape = raw.shape[2:] if mode == DECODE_THRESHOLDS else raw.shape[1:]
+    n = raw.shape[0]
+    data = np.empty((n, 1) + shape, np.float32)
+    gain = np.empty((n, 1) + shape, np.uint8)
+    mask = np.empty((n, 1) + shape, np.uint32)
+    correct_into(raw, cells, constants, data, gain, mask, np.arange(n), 0, mode)
+    data, gain, mask = data[:, 0], gain[:, 0], mask[:, 0]
+    if user_mask is not None:
+        mask[:, user_mask] |= np.uint32(BadPixels.USER_MASK)
+    if common_mode is not None and common_mode.enabled:
+        _common_mode_kernel(data, gain, mask, common_mode.asic_shape[0], common_mode.asic_shape[1],
+                            np.float32(common_mode.window), common_mode.min_fraction)
+    return data, gain, mask
+
+
+def correct_into(raw: np.ndarray, cells: np.ndarray, constants: CorrectionConstants, data: np.ndarray,
+                 gain: np.ndarray, mask: np.ndarray, dest: np.ndarray, slot: int,
+                 mode: int = DECODE_THRESHOLDS) -> np.ndarray:
+    """Correct raw frames of one module into ``data[dest[i], slot]`` (and ``gain``,
+    ``mask``) of C-contiguous ``(n_out, n_slots, ny, nx)`` arrays: the chunk of all
+    modules is filled in place, without a per-module array and a copy.
+
+    Returns
+    -------
+    np.ndarray
+        Non-finite (NaN, flagged VALUE_IS_NAN) pixels per frame, int32 ``(n,)``.
+    """
     cells = np.ascontiguousarray(cells, dtype=np.int64)
     if cells.size and int(cells.max()) >= constants.n_cells:
         raise ValueError(
@@ -221,23 +251,22 @@ def correct(
         shape = raw.shape[2:]
     else:
         shape = raw.shape[1:]
-    n = raw.shape[0]
-    data = np.empty((n,) + shape, np.float32)
-    gain = np.empty((n,) + shape, np.uint8)
-    mask = np.empty((n,) + shape, np.uint32)
+    for name, a in (("data", data), ("gain", gain), ("mask", mask)):
+        if a.ndim != 4 or a.shape[2:] != shape or not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous (n, slots) + {shape} array, got {a.shape}")
+    dest = np.ascontiguousarray(dest, np.int64)
+    if dest.shape != (raw.shape[0],):
+        raise ValueError(f"{dest.size} destination rows for {raw.shape[0]} frames")
+    n, ny = raw.shape[0], shape[0]
+    nan_rows = np.zeros(n * ny, np.int32)
     raw = np.ascontiguousarray(raw)
     if mode == DECODE_THRESHOLDS:
         _correct_agipd(raw, cells, constants.thresholds, constants.offset, constants.inv_adu_per_photon,
-                       constants.badpixels, constants.saturation, data, gain, mask)
+                       constants.badpixels, constants.saturation, data, gain, mask, dest, slot, nan_rows)
     else:
         _correct_gain_bits(raw, cells, constants.offset, constants.inv_adu_per_photon, constants.badpixels,
-                           constants.saturation, data, gain, mask)
-    if user_mask is not None:
-        mask[:, user_mask] |= np.uint32(BadPixels.USER_MASK)
-    if common_mode is not None and common_mode.enabled:
-        _common_mode_kernel(data, gain, mask, common_mode.asic_shape[0], common_mode.asic_shape[1],
-                            np.float32(common_mode.window), common_mode.min_fraction)
-    return data, gain, mask
+                           constants.saturation, data, gain, mask, dest, slot, nan_rows)
+    return nan_rows.reshape(n, ny).sum(axis=1, dtype=np.int32)
 
 
 def correct_reference_numpy(raw: np.ndarray, cells: np.ndarray, constants: CorrectionConstants):

@@ -138,7 +138,7 @@ class SequenceFrames:
         Also deliver each pixel's gain stage (``FrameChunk.gain``; CORR ``image.gain``).
 
     Subclasses deliver frames from other files by overriding :meth:`_source_of` and
-    :meth:`_read_block` (the RAW reader of :mod:`xfel_reduce.calibrate.agipd`
+    :meth:`_fill` (the RAW reader of :mod:`xfel_reduce.calibrate.agipd`
     corrects there); alignment of the modules is done here, once.
     """
 
@@ -160,13 +160,23 @@ class SequenceFrames:
     def _source_of(self, f, module: int, path: Path) -> str:
         return corr_source(f, module, path)
 
-    def _read_block(self, module: int, sd, cells: np.ndarray):
-        """``(data float32, mask uint32, gain uint8 or None)`` of the selected rows."""
+    def _fill(self, module: int, sd, cells: np.ndarray, rows: np.ndarray, slot: int, data: np.ndarray,
+              mask: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
+        """Read the module's selected frames into ``data[rows, slot]`` (and ``mask``,
+        ``gain``); returns the NaN pixels per frame (flagged VALUE_IS_NAN, never a value)."""
         path = self.paths[module]
-        data = read_dataset(sd["image.data"], path, "image.data")
-        mask = read_dataset(sd["image.mask"], path, "image.mask")
-        gain = read_dataset(sd["image.gain"], path, "image.gain") if self.with_gain else None
-        return data, mask, gain
+        block = read_dataset(sd["image.data"], path, "image.data")
+        bits = read_dataset(sd["image.mask"], path, "image.mask")
+        nan = np.isnan(block)
+        counts = np.zeros(block.shape[0], np.int32)
+        if nan.any():
+            bits |= nan.astype(np.uint32) * np.uint32(BadPixels.VALUE_IS_NAN)
+            counts = nan.sum(axis=(1, 2), dtype=np.int32)
+        data[rows, slot] = block
+        mask[rows, slot] = bits
+        if gain is not None:
+            gain[rows, slot] = read_dataset(sd["image.gain"], path, "image.gain")
+        return counts
 
     @classmethod
     def from_files(cls, corr_files: Sequence[Path], train_ids: Sequence[int] | None = None,
@@ -240,7 +250,7 @@ class SequenceFrames:
         # set to NaN / NO_DATA afterwards (a full pre-fill costs a second pass).
         data = np.empty((n, n_mod) + MODULE_SHAPE, np.float32)
         mask = np.empty((n, n_mod) + MODULE_SHAPE, np.uint32)
-        gain = np.zeros((n, n_mod) + MODULE_SHAPE, np.uint8) if self.with_gain else None
+        gain = np.empty((n, n_mod) + MODULE_SHAPE, np.uint8) if self.with_gain else None
         present = np.zeros((n, n_mod), bool)
         cells = np.zeros(n, np.uint16)
         nan_pixels = np.zeros(n, np.int32)
@@ -250,20 +260,14 @@ class SequenceFrames:
                 continue
             rows = np.searchsorted(key_all, keys)
             mod_cells = read_dataset(sd["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
-            block, bits, g = self._read_block(m, sd, mod_cells)
-            nan = np.isnan(block)
-            if nan.any():  # NaN is a bad pixel, flagged, never a value
-                bits |= nan.astype(np.uint32) * np.uint32(BadPixels.VALUE_IS_NAN)
-                nan_pixels[rows] += nan.sum(axis=(1, 2), dtype=np.int32)
-            data[rows, j] = block
-            mask[rows, j] = bits
-            if gain is not None:
-                gain[rows, j] = g
+            nan_pixels[rows] += self._fill(m, sd, mod_cells, rows, j, data, mask, gain)
             cells[rows] = mod_cells
             present[rows, j] = True
         if not present.all():
             data[~present] = np.nan
             mask[~present] = _NO_DATA
+            if gain is not None:
+                gain[~present] = 0
         train_ids, pulse_ids = split_frame_key(key_all)
         return FrameChunk(
             train_ids=train_ids,

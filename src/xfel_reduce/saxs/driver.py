@@ -173,17 +173,21 @@ class SaxsSequenceReducer:
         beam columns known before the pass): the output's rows per train.
     train_ids
         The sequence's trains (those of its files).
+    keep_image
+        Also sum the 2-D average image of the X-ray frames.  The one pass does not: its
+        annotation accumulates that image already (class ``xray`` of the run's
+        aggregate), so the SAXS report shows it from there.
     """
 
     def __init__(self, engine: AzimuthalEngine, frames: Mapping[str, np.ndarray], train_ids: np.ndarray,
                  frames_out: str | Path, partial_out: str | Path, provenance: Mapping[str, Any], *,
                  xgm_normalise: bool = False, user_mask: np.ndarray | None = None, source: str = SAXS_SOURCE,
-                 where: str = "?"):
+                 where: str = "?", keep_image: bool = True):
         from ..io.euxfel import EuXFELWriter
 
         self.engine, self.partial_out, self.provenance = engine, Path(partial_out), dict(provenance)
         self.frames_out, self.where, self.source = Path(frames_out), where, source
-        self.xgm_normalise, self.user_mask = xgm_normalise, user_mask
+        self.xgm_normalise, self.user_mask, self.keep_image = xgm_normalise, user_mask, keep_image
         file_trains = np.asarray(train_ids, np.uint64)
         tid = np.asarray(frames["trainId"], np.uint64)
         in_seq = np.isin(tid, file_trains)
@@ -196,8 +200,8 @@ class SaxsSequenceReducer:
                      "saxs.trainId": (np.uint64, ()), "saxs.pulseId": (np.uint64, ()),
                      "saxs.cellId": (np.uint16, ()), "saxs.ppl": (np.bool_, ()),
                      "saxs.pulse_energy": (np.float64, ())}
-        self.acc = SaxsAccumulator(engine.radial, engine.frame_shape, xgm_normalised=xgm_normalise,
-                                   poisson_k=engine.poisson_k)
+        self.acc = SaxsAccumulator(engine.radial, engine.frame_shape if keep_image else None,
+                                   xgm_normalised=xgm_normalise, poisson_k=engine.poisson_k)
         self.w = EuXFELWriter(frames_out, file_trains, provenance=dict(provenance), run_type="saxs")
         self.w.add_instrument(source, counts, self.keys)
         self.w.add_control(source.split(":")[0], {"q": np.broadcast_to(engine.radial.astype(np.float32),
@@ -205,8 +209,8 @@ class SaxsSequenceReducer:
         self.row = 0
 
     def add(self, chunk, rows: Mapping[str, np.ndarray]) -> None:
-        out = integrate_frames(self.engine, self.acc, chunk, rows, self.where,
-                               xgm_normalise=self.xgm_normalise, user_mask=self.user_mask)
+        out = integrate_frames(self.engine, self.acc, chunk, rows, self.where, xgm_normalise=self.xgm_normalise,
+                               user_mask=self.user_mask, keep_image=self.keep_image)
         if out is None:
             return
         n = out["intensity"].shape[0]

@@ -25,6 +25,15 @@ from typing import ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
+#: the run's aggregate (annotation table, class images), relative to the results folder;
+#: the workflow's AGGREGATE_FILE and the plug-ins that read it use this one template
+AGGREGATE_FILE = "r{run}/aggregate/run.h5"
+
+
+def aggregate_path(results: str | Path, run: int) -> str:
+    """The run's aggregate file (:data:`AGGREGATE_FILE`)."""
+    return str(Path(results) / AGGREGATE_FILE.format(run=f"{int(run):04d}"))
+
 log = logging.getLogger("xfel_reduce")
 
 

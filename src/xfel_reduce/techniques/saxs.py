@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import Technique, register, run_setup, static_mask
+from . import Technique, aggregate_path, register, run_setup, static_mask
 
 
 def engine(config: dict, run: int, static_mask_inputs: Sequence[Path]):
@@ -41,14 +41,17 @@ class Saxs(Technique):
 
     @classmethod
     def report_inputs(cls, results, run, seqs) -> dict:
-        return {"saxs_file": cls.run_paths(results, run)["nxcansas"]}
+        # the average image is the annotation's X-ray class, in the run's aggregate
+        return {"saxs_file": cls.run_paths(results, run)["nxcansas"],
+                "aggregate_file": aggregate_path(results, run)}
 
     def reducer(self, config, run, seq, frames, train_ids, outputs, provenance, static_mask_inputs=(), where="?"):
         from ..saxs import SaxsSequenceReducer
 
         return SaxsSequenceReducer(engine(config, run, static_mask_inputs), frames, train_ids, outputs["frames"],
                                    outputs["partial"], provenance, where=where,
-                                   xgm_normalise=bool(config.get("saxs", {}).get("xgm_normalise", False)))
+                                   xgm_normalise=bool(config.get("saxs", {}).get("xgm_normalise", False)),
+                                   keep_image=False)
 
     def gather(self, config: dict, run: int, inputs: Mapping[str, Sequence[Path]], outputs: Mapping[str, Path]) -> dict:
         """Run averages (all, laser on, off, on−off) as NXcanSAS, with sphere fits."""
