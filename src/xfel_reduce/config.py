@@ -84,6 +84,9 @@ class InstrumentProfile:
         AGIPD detector name, its control device and the online lit-frame finder.
     jungfrau
         JUNGFRAU detector name used by default at the instrument.
+    laser_stage, laser_trigger
+        The optical laser's delay line (motor) and trigger-delay devices, where EXtra's
+        ``OpticalLaserDelay`` knows them (MID, SQS); elsewhere a delay axis names them.
     """
 
     name: str
@@ -96,6 +99,8 @@ class InstrumentProfile:
     agipd_control: str = ""
     lit_frame_finder: str = ""
     jungfrau: str = ""
+    laser_stage: str = ""
+    laser_trigger: str = ""
 
     @property
     def xgm_output(self) -> str:
@@ -110,7 +115,8 @@ INSTRUMENTS: dict[str, InstrumentProfile] = {p.name: p for p in (
     InstrumentProfile("MID", 2, "LP_SASE2", "MID_RR_UTC/TSYS/TIMESERVER:outputBunchPattern",
                       "MID_RR_SYS/MDL/PULSE_PATTERN_DECODER", "SA2_XTD1_XGM/XGM/DOOCS",
                       "MID_DET_AGIPD1M-1", "MID_EXP_AGIPD1M1/MDL/FPGA_COMP",
-                      "MID_EXP_AGIPD1M1/REDU/LITFRM"),
+                      "MID_EXP_AGIPD1M1/REDU/LITFRM", laser_stage="MID_LAS_COM/MOTOR/DL800",
+                      laser_trigger="MID_LAS_COM/CTRL/PPL_PHASE_SHIFTER"),
     InstrumentProfile("HED", 2, "LP_SASE2", "HED_RR_UTC/TSYS/TIMESERVER:outputBunchPattern",
                       "SA2_BR_UTC/MDL/BUNCHPATTERN_DECODER", "HED_XTD6_XGM/XGM/DOOCS",
                       "HED_DET_AGIPD500K2G", "HED_EXP_AGIPD500K2G/MDL/FPGA_COMP",
@@ -121,7 +127,8 @@ INSTRUMENTS: dict[str, InstrumentProfile] = {p.name: p for p in (
     InstrumentProfile("SCS", 3, "LP_SCS", "SCS_RR_UTC/TSYS/TIMESERVER:outputBunchPattern",
                       "SA3_BR_UTC/MDL/BUNCHPATTERN_DECODER", "SCS_BLU_XGM/XGM/DOOCS"),
     InstrumentProfile("SQS", 3, "LP_SQS", "SQS_RR_UTC/TSYS/TIMESERVER:outputBunchPattern",
-                      "SA3_BR_UTC/MDL/BUNCHPATTERN_DECODER", "SQS_DIAG1_XGMD/XGM/DOOCS"),
+                      "SA3_BR_UTC/MDL/BUNCHPATTERN_DECODER", "SQS_DIAG1_XGMD/XGM/DOOCS",
+                      laser_stage="SQS_ILH_LAS/MOTOR/DELAY_AX_800", laser_trigger="LA3_LAS_PPL/CTRL/TRGDLY"),
 )}
 
 

@@ -217,6 +217,83 @@ def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_f
             "hits": int(table["hit"].sum())}
 
 
+def binning_run(config: dict, run: int, table_files: Sequence[Path], train_files: Sequence[Path], output: Path,
+                technique: str | None = None) -> dict:
+    """The run's bins (:mod:`xfel_reduce.binning`): axes from its train data, every
+    frame of the run table (:meth:`~xfel_reduce.techniques.Technique.frame_table` of
+    ``table_files``: the aggregate, or the spectroscopy partials) placed, X-ray frames
+    and hit rate per bin."""
+    from .binning import run_binning, write_binning
+
+    table = techniques.get(technique).frame_table([Path(p) for p in table_files])
+    b = run_binning(config, run, list(train_files), table)
+    prov = provenance(config, [*table_files, *train_files], step="binning", run=run,
+                      axes={a.name: a.source for a in b.axes})
+    return write_binning(Path(output), b, table, prov, hit_finding=techniques.get(technique).hit_finding)
+
+
+def binned_run(config: dict, run: int, technique: str, binning_file: Path, inputs: dict[str, Sequence[Path]],
+               output: Path) -> dict:
+    """The technique's products per bin (:meth:`xfel_reduce.techniques.Technique.binned`)."""
+    prov = provenance(config, [binning_file, *[p for v in inputs.values() for p in v]], step="binned", run=run)
+    return techniques.get(technique).binned(config, run, Path(binning_file), inputs, Path(output), prov)
+
+
+def reduce_run_in_process(config: dict, run: int, technique: str | None = None) -> dict[str, object]:
+    """The workflow's chain for one run in this process (tests, benchmarks, notebooks):
+    dark constants if missing, the one pass per sequence, hit thresholds, annotation,
+    aggregate, the technique's gather and, with ``bins``, binning and binned products.
+    Simulated runs only (sequences from the simulation plan); returns the paths."""
+    from .binning import bins_of
+    from .io.trains import train_files
+    from .onepass import reduce_sequence
+    from .simulate.beamtime import iter_runs, run_plan
+
+    res, pd = Path(config["results_dir"]), Path(config["proposal_dir"])
+    mods = modules_of(config)
+    r = f"{int(run):04d}"
+    rd = pd / "raw" / f"r{r}"
+    consts = [res / "calibration" / "constants" / f"AGIPD{m:02d}.h5" for m in mods]
+    dark_dirs = [pd / "raw" / f"r{d:04d}" for d in config["calibration"]["dark_runs"]]
+    for m, c in zip(mods, consts):
+        if not c.exists():
+            dark_module(config, m, dark_dirs, c)
+    technique = technique or next(e["technique"] for e in config["runs"] if int(e["run"]) == int(run))
+    plugin = techniques.get(technique)
+    plan = run_plan(config["simulate"], next(x for x in iter_runs(config["simulate"]) if int(x["run"]) == int(run)))
+    tfiles = train_files(rd)
+    partials, annots, seq_out = [], [], []
+    for seq in range(plan["n_sequences"]):
+        raw = [rd / sources.raw_filename(int(run), m, seq) for m in mods]
+        outs = {k: Path(v[0]) for k, v in plugin.sequence_paths(res, int(run), [seq]).items()}
+        p = res / f"r{r}" / "partials" / f"S{seq:05d}.h5"
+        reduce_sequence(config, int(run), seq, raw, tfiles, p, constants=consts, technique=technique, outputs=outs,
+                        static_mask_inputs=consts, raw_dir=rd)
+        partials.append(p)
+        seq_out.append(outs)
+    thr = res / f"r{r}" / "partials" / "hit_thresholds.h5"
+    hit_thresholds(config, partials, thr)
+    for seq, p in enumerate(partials):
+        a = res / f"r{r}" / "annotation" / f"REDU-R{r}-ANNOT-S{seq:05d}.h5"
+        write_annotation(config, int(run), seq, p, thr, a)
+        annots.append(a)
+    agg = Path(techniques.aggregate_path(res, int(run)))
+    aggregate_run(config, int(run), partials, annots, agg, technique=technique)
+    inputs = {k: [o[k] for o in seq_out] for k in plugin.sequence_files}
+    out: dict[str, object] = {"partials": partials, "annotation": annots, "aggregate": agg, "sequence_files": inputs}
+    if plugin.run_files:
+        run_out = {k: Path(v) for k, v in plugin.run_paths(res, int(run)).items()}
+        plugin.gather(config, int(run), {**inputs, "static_mask": consts, "train": tfiles}, run_out)
+        out["run_files"] = run_out
+    if bins_of(config, int(run)):
+        out["binning"] = Path(techniques.binning_path(res, int(run)))
+        binning_run(config, int(run), [agg], tfiles, out["binning"], technique)
+        if plugin.binned_files:
+            out["binned"] = Path(plugin.binned_paths(res, int(run))["binned"])
+            binned_run(config, int(run), technique, out["binning"], inputs, out["binned"])
+    return out
+
+
 def read_benchmarks(directory: Path) -> dict[str, dict[str, float]]:
     """Wall time and peak memory of every job that wrote a ``benchmark:`` file.
 

@@ -256,12 +256,15 @@ class EuXFELWriter(StreamingWriter):
         source: str,
         values: Mapping[str, np.ndarray] | None = None,
         run_values: Mapping[str, object] | None = None,
+        attrs: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """Declare and write a control (slow) source: one value per train.
 
         ``values`` maps ``"a.b"`` keys to arrays with one row per train; ``run_values``
         maps keys to the single value stored in ``RUN`` (for keys present in
-        ``values`` and without a run value, the first train's value is used).
+        ``values`` and without a run value, the first train's value is used);
+        ``attrs`` maps keys to Karabo attributes (``unitSymbol`` …), stored on the
+        key's group as the DAQ does.
         """
         n = self.train_ids.size
         ts = self.f["INDEX/timestamp"][:]
@@ -277,6 +280,7 @@ class EuXFELWriter(StreamingWriter):
                 raise ValueError(f"{source}.{key}: {arr.shape[0]} values for {n} trains")
             ctrl[f"{path}/value"] = arr
             ctrl[f"{path}/timestamp"] = ts
+            ctrl[path].attrs.update(dict((attrs or {}).get(key, {})))
             run_values.setdefault(key, arr[0] if n else None)
         for key, value in run_values.items():
             path = key.replace(".", "/")

@@ -82,8 +82,10 @@ class SaxsAccumulator:
         ``laser_on`` is a bool per frame; ``pulse_energy`` is summed for the
         record; ``frames``/``mask`` (optional) feed the 2-D average image.
         """
-        intensity = np.atleast_2d(intensity)
-        sigma = np.atleast_2d(sigma)
+        # float64 before any sum: float32 sums would round differently for every
+        # split of a run (the partials must merge to the same result)
+        intensity = np.atleast_2d(np.asarray(intensity, np.float64))
+        sigma = np.atleast_2d(np.asarray(sigma, np.float64))
         on = np.asarray(laser_on, dtype=bool)
         if on.shape[0] != intensity.shape[0]:
             raise ValueError("laser_on needs one flag per frame")

@@ -61,10 +61,16 @@ def module_list(sim_cfg: dict) -> list[int]:
 
 def run_plan(sim_cfg: dict, run_cfg: dict) -> dict[str, Any]:
     """Resolved parameters of one simulated run (global defaults + run overrides)."""
-    n_trains = int(run_cfg.get("trains", sim_cfg.get("trains", 20)))
+    from .scan import DelayScan
+
+    profile = instrument_profile(run_cfg.get("instrument", sim_cfg.get("instrument", "SPB")))
+    scan = DelayScan.from_dict(run_cfg["delay_scan"], profile.laser_stage) if run_cfg.get("delay_scan") else None
+    n_trains = int(run_cfg.get("trains", scan.n_trains if scan else sim_cfg.get("trains", 20)))
+    if scan is not None and n_trains != scan.n_trains:
+        raise ValueError(f"simulated run {run_cfg['run']}: trains: {n_trains} but its delay_scan records "
+                         f"{scan.n_trains} trains (steps × trains_per_step + transitions); drop `trains`")
     per_seq = int(run_cfg.get("trains_per_sequence", sim_cfg.get("trains_per_sequence", n_trains)))
     beam = {**sim_cfg.get("beam", {}), **run_cfg.get("beam", {})}
-    profile = instrument_profile(run_cfg.get("instrument", sim_cfg.get("instrument", "SPB")))
     beam.setdefault("sase", profile.sase)
     beam.setdefault("ppl_bit", ppl_bit_value(profile.ppl_bit))
     if run_cfg.get("type") == "dark":
@@ -85,6 +91,7 @@ def run_plan(sim_cfg: dict, run_cfg: dict) -> dict[str, Any]:
         "seed": int(sim_cfg.get("seed", 0)) * 1000 + int(run_cfg["run"]),
         "first_train_id": FIRST_TRAIN_ID + 10_000 * int(run_cfg["run"]),
         "faults": run_cfg.get("faults", {}),
+        "delay_scan": scan,
     }
 
 
@@ -181,13 +188,16 @@ def agipd_control_values(beam_cfg: BeamConfig, gain_mode: int, n_trains: int) ->
 
 
 def write_run_truth(proposal_dir: Path, run: int, truth: dict, frame_truth: dict[str, list[np.ndarray]],
-                    scene: Scene, prov: dict) -> list[Path]:
-    """Write ``truth.h5`` (per-frame arrays, scene arrays) and ``truth.json`` of a run."""
+                    scene: Scene, prov: dict, train_truth: dict[str, np.ndarray] | None = None) -> list[Path]:
+    """Write ``truth.h5`` (per-frame arrays, per-train arrays, scene arrays) and
+    ``truth.json`` of a run."""
     truth_dir = truth_dir_for(proposal_dir, run)
     with AtomicH5File(truth_dir / "truth.h5") as f:
         attach_provenance(f, prov)
         for key, parts in frame_truth.items():
             f[f"frames/{key}"] = np.concatenate(parts)
+        for key, arr in (train_truth or {}).items():
+            f[f"trains/{key}"] = arr
         extra = scene.frame_truth() if hasattr(scene, "frame_truth") else {}
         for key, arr in extra.items():
             f[f"scene/{key}"] = np.asarray(arr)
@@ -245,6 +255,7 @@ def simulate_run(
     drop = plan["faults"].get("drop_frames")  # {module, train_index, keep}
 
     frame_truth: dict[str, list[np.ndarray]] = {k: [] for k in ("trainId", "pulseId", "cellId", "xray", "ppl", "pulse_energy")}
+    delays = plan["delay_scan"].train_delays() if plan["delay_scan"] is not None else None
     written: list[Path] = []
     t0 = time.monotonic()
     for seq in range(plan["n_sequences"]):
@@ -280,6 +291,8 @@ def simulate_run(
             for k, tid in enumerate(tids):
                 ti = t_lo + k
                 beam, table, xgm = make_train_beam(beam_cfg, ti, int(tid), plan["n_trains"], rng_beam)
+                if delays is not None:
+                    beam.delay_ps = float(delays[ti])
                 xgm_rows.append(xgm)
                 bp_rows.append(table)
                 photons = scene.photons(beam)
@@ -332,7 +345,10 @@ def simulate_run(
         "scene": scene.truth(),
         "faults": plan["faults"],
     }
-    return written + write_run_truth(proposal_dir, run, truth, frame_truth, scene, prov)
+    if plan["delay_scan"] is not None:
+        truth["delay_scan"] = plan["delay_scan"].truth()
+    return written + write_run_truth(proposal_dir, run, truth, frame_truth, scene, prov,
+                                     train_truth=delay_scan_truth(plan))
 
 
 def _inject_daq_faults(faults: dict, run_dir: Path, run: int, seq: int, t_lo: int, t_hi: int) -> None:
@@ -381,6 +397,7 @@ def write_train_data(run_dir: Path, run: int, plan: dict, profile: InstrumentPro
     with EuXFELWriter(run_dir / sources.da_filename(run, 0), tids, prov, run=run, **meta) as da:
         add_beam_sources(da, tids.size, plan["photon_energy_kev"], profile)
         fill_beam_sources(da, xgm_rows, bp_rows, profile)
+        add_delay_stage(da, plan)
     ctrl_path = run_dir / sources.aggregator_filename(run, sources.AGIPD_CTRL_AGGREGATOR, 0)
     with EuXFELWriter(ctrl_path, tids, prov, run=run, **meta) as ctrl:
         ctrl.add_control(profile.agipd_control, agipd_control_values(beam_cfg, gain_mode, tids.size),
@@ -388,6 +405,27 @@ def write_train_data(run_dir: Path, run: int, plan: dict, profile: InstrumentPro
                                      "patternType": "XRay" if beam_cfg.xray else "Dark",
                                      "deviceId": profile.agipd_control})
     return [run_dir / sources.da_filename(run, 0), ctrl_path]
+
+
+def delay_scan_truth(plan: dict) -> dict[str, np.ndarray]:
+    """Per train of a delay-scan run: trainId, delay (ps) and step (-1 while moving)."""
+    scan = plan["delay_scan"]
+    if scan is None:
+        return {}
+    return {"trainId": plan["first_train_id"] + np.arange(plan["n_trains"], dtype=np.uint64),
+            "delay_ps": scan.train_delays(), "step": scan.train_steps()}
+
+
+def add_delay_stage(da: EuXFELWriter, plan: dict) -> None:
+    """The delay line's motor device in a run's DA01 file (delay-scan runs only)."""
+    from .scan import MM_ATTRS
+
+    scan = plan["delay_scan"]
+    if scan is None:
+        return
+    values = scan.control_values(np.random.default_rng([plan["seed"], 7]))
+    da.add_control(scan.stage, values, run_values={"classId": "MotorAxis"},
+                   attrs={k: MM_ATTRS for k in values})
 
 
 def truth_dir_for(proposal_dir: Path, run: int) -> Path:

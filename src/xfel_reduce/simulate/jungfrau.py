@@ -37,7 +37,8 @@ from ..io import sources
 from ..io.euxfel import EuXFELWriter, write_h5
 from ..io.provenance import provenance
 from .beam import BeamConfig, make_train_beam
-from .beamtime import add_beam_sources, fill_beam_sources, load_scene_class, run_plan, write_run_truth
+from .beamtime import (add_beam_sources, add_delay_stage, delay_scan_truth, fill_beam_sources, load_scene_class,
+                       run_plan, write_run_truth)
 from .detector import switching_stage
 from .scene import SceneContext
 
@@ -433,6 +434,8 @@ def simulate_jungfrau_run(
                 for k, tid in enumerate(tids):
                     ti = t_lo + k
                     beam, table, xgm = make_train_beam(beam_cfg, ti, int(tid), plan["n_trains"], rng_beam)
+                    if plan["delay_scan"] is not None:
+                        beam.delay_ps = float(plan["delay_scan"].train_delays()[ti])
                     xgm_rows.append(xgm)
                     bp_rows.append(table)
                     photons = scene.photons(beam)[:, 0]
@@ -469,6 +472,7 @@ def simulate_jungfrau_run(
                 w.close()
                 written.append(w._atomic.path)
         fill_beam_sources(da, xgm_rows, bp_rows, profile)
+        add_delay_stage(da, plan)
     except BaseException:
         ctrl.abort()
         da.abort()
@@ -500,4 +504,7 @@ def simulate_jungfrau_run(
         "scene": scene.truth(),
         "jungfrau": {k: v for k, v in truth.params.items()},
     }
-    return written + write_run_truth(proposal_dir, run, truth_json, frame_truth, scene, prov)
+    if plan["delay_scan"] is not None:
+        truth_json["delay_scan"] = plan["delay_scan"].truth()
+    return written + write_run_truth(proposal_dir, run, truth_json, frame_truth, scene, prov,
+                                     train_truth=delay_scan_truth(plan))

@@ -67,6 +67,7 @@ class TrainBeam:
     xray: np.ndarray  # bool: an X-ray pulse hit the sample in this frame
     ppl: np.ndarray  # bool: the pump laser fired for this frame
     pulse_energy_uj: np.ndarray  # float: XGM pulse energy, 0 where no X-rays
+    delay_ps: float = float("nan")  # pump-probe delay of the train (delay scans), NaN otherwise
 
 
 class Scene:

@@ -34,6 +34,14 @@ def aggregate_path(results: str | Path, run: int) -> str:
     """The run's aggregate file (:data:`AGGREGATE_FILE`)."""
     return str(Path(results) / AGGREGATE_FILE.format(run=f"{int(run):04d}"))
 
+
+#: the run's bins (runs with ``bins``: :mod:`xfel_reduce.binning`)
+BINNING_FILE = "r{run}/binning/binning.h5"
+
+
+def binning_path(results: str | Path, run: int) -> str:
+    return str(Path(results) / BINNING_FILE.format(run=f"{int(run):04d}"))
+
 log = logging.getLogger("xfel_reduce")
 
 
@@ -71,6 +79,8 @@ class Technique:
     run_files: ClassVar[dict[str, str]] = {}
     #: products, {product: [names of sequence_files or run_files]}
     product_files: ClassVar[dict[str, list[str]]] = {}
+    #: run-level products per bin (runs with ``bins``), relative to the results folder
+    binned_files: ClassVar[dict[str, str]] = {}
     #: per-sequence tables that decide the run's hits in the aggregate (name in sequence_files)
     hit_table: ClassVar[str | None] = None
     #: the report wants the simulator's per-frame truth (truth.h5) instead of truth.json
@@ -114,6 +124,17 @@ class Technique:
     def gather(self, config: dict, run: int, inputs: Mapping[str, Sequence[Path]],
                outputs: Mapping[str, Path]) -> dict:
         raise NotImplementedError(f"technique {self.name} has no run-level gather")
+
+    def binned(self, config: dict, run: int, binning_file: Path, inputs: Mapping[str, Sequence[Path]],
+               output: Path, provenance: dict) -> dict:
+        """This technique's products per bin of the run (``binned_files``), from its
+        per-sequence files (``inputs``, named as in ``sequence_files``)."""
+        raise NotImplementedError(f"technique {self.name} has no binned products")
+
+    @classmethod
+    def binned_paths(cls, results: str | Path, run: int) -> dict[str, str]:
+        r = f"{int(run):04d}"
+        return {k: str(Path(results) / t.format(run=r)) for k, t in cls.binned_files.items()}
 
     def merge_hits(self, table: dict[str, np.ndarray], hit_tables: Sequence[Path]) -> dict[str, np.ndarray]:
         """The run table with this technique's hits (``hit_table``) merged in."""

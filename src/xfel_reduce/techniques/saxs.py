@@ -38,6 +38,7 @@ class Saxs(Technique):
                       "partial": "r{run}/saxs/partials/S{seq}.h5"}
     run_files = {"nxcansas": "r{run}/saxs/saxs_nxcansas.h5", "summary": "r{run}/saxs/saxs_summary.json"}
     product_files = {"saxs_frames": ["frames"], "nxcansas": ["nxcansas", "summary"]}
+    binned_files = {"binned": "r{run}/saxs/saxs_binned.h5"}
 
     @classmethod
     def report_inputs(cls, results, run, seqs) -> dict:
@@ -63,3 +64,9 @@ class Saxs(Technique):
         res = gather_run(inputs["partial"], outputs["nxcansas"], prov, title=f"SAXS run {run}", run=f"r{run:04d}")
         write_json(outputs["summary"], res, default=float)
         return res
+
+    def binned(self, config, run, binning_file, inputs, output, provenance) -> dict:
+        """I(q) on, off, all, on − off per bin, radius change per bin (and its kinetics)."""
+        from ..saxs.driver import binned_run
+
+        return binned_run(inputs["frames"], inputs["partial"], binning_file, output, provenance)

@@ -25,10 +25,17 @@ class Spectroscopy(Technique):
                       "partial": "r{run}/spectroscopy/partials/S{seq}.h5"}
     run_files = {"spectra": "r{run}/spectroscopy/spectra.h5", "summary": "r{run}/spectroscopy/spectra_summary.json"}
     product_files = {"spectra_frames": ["frames"], "spectra": ["spectra", "summary"]}
+    binned_files = {"binned": "r{run}/spectroscopy/spectra_binned.h5"}
 
     @classmethod
     def report_inputs(cls, results, run, seqs) -> dict:
         return {"spectra_file": cls.run_paths(results, run)["spectra"]}
+
+    def binned(self, config, run, binning_file, inputs, output, provenance) -> dict:
+        """Spectra on, off, all, on − off per bin, line shift per bin (and its kinetics)."""
+        from ..spectroscopy import binned_run
+
+        return binned_run(inputs["frames"], binning_file, _spec_cfg(config), output, provenance)
 
     def frame_table(self, paths):
         """The run's per-frame table (trainId, xray, ppl, pulse_energy, …) from the partials."""

@@ -16,7 +16,9 @@ records as ``profile_scale``.
 
 Frames with the pump laser use radius ``R·(1 + radius_change)`` (same number
 of particles and contrast, so the volume fraction grows with V and the forward
-scattering with V²).
+scattering with V²).  In a delay scan (the run's ``delay_scan``) with ``kinetics:
+{t0_ps, tau_ps}`` the change follows the delay: ``radius_change · (1 − exp(−(t −
+t0)/τ))`` after time zero, none before (:func:`xfel_reduce.simulate.scan.rise`).
 
 Config (``runs: [{type: saxs, ...}]``), all optional:
 
@@ -51,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "transmission": 1e-4,
     "polarisation": 0.99,
     "pixel_size_m": 200e-6,
+    "kinetics": None,  # {t0_ps, tau_ps}: the change rises with the pump-probe delay
 }
 
 
@@ -82,7 +85,26 @@ class SaxsScene(Scene):
         r_on = p["radius_nm"] * (1.0 + p["radius_change"])
         self._rate_off = self._expected_per_uj(p["radius_nm"]).astype(np.float32)
         self._rate_on = self._expected_per_uj(r_on).astype(np.float32)
+        self._rate_at: dict[float, np.ndarray] = {}  # laser-on rates per delay of a scan
         self._frames = {"xray": 0, "laser_on": 0}
+
+    def radius_change_at(self, delay_ps: float) -> float:
+        """Relative radius change of laser-on frames at a pump-probe delay (NaN: no scan)."""
+        from ..scan import rise
+
+        k = self.p["kinetics"]
+        if not k or not np.isfinite(delay_ps):
+            return float(self.p["radius_change"])
+        return float(self.p["radius_change"] * rise(delay_ps, float(k["t0_ps"]), float(k["tau_ps"])))
+
+    def _on_rate(self, delay_ps: float) -> np.ndarray:
+        if not self.p["kinetics"] or not np.isfinite(delay_ps):
+            return self._rate_on
+        key = round(float(delay_ps), 6)
+        if key not in self._rate_at:
+            r = self.p["radius_nm"] * (1.0 + self.radius_change_at(delay_ps))
+            self._rate_at[key] = self._expected_per_uj(r).astype(np.float32)
+        return self._rate_at[key]
 
     def _cross_section(self, radius_nm: float, q: np.ndarray) -> np.ndarray:
         p = self.p
@@ -95,9 +117,9 @@ class SaxsScene(Scene):
         """Expected photons per pixel per µJ of pulse energy."""
         return self._photons_per_uj * self._length_cm * self._cross_section(radius_nm, self.q) * self._omega_pol
 
-    def expected(self, pulse_energy_uj: float, laser_on: bool = False) -> np.ndarray:
+    def expected(self, pulse_energy_uj: float, laser_on: bool = False, delay_ps: float = float("nan")) -> np.ndarray:
         """Expected photons per pixel (n_mod, 512, 128) for one pulse."""
-        return (self._rate_on if laser_on else self._rate_off) * np.float32(pulse_energy_uj)
+        return (self._on_rate(delay_ps) if laser_on else self._rate_off) * np.float32(pulse_energy_uj)
 
     def photons(self, beam: TrainBeam) -> np.ndarray:
         """Poisson photon counts for the frames of one train."""
@@ -108,7 +130,7 @@ class SaxsScene(Scene):
             if not energy[i] > 0:
                 continue
             on = bool(beam.ppl[i])
-            lam = self.expected(energy[i], on)
+            lam = self.expected(energy[i], on, beam.delay_ps)
             out[i] = poisson(self.rng, lam)
             self._frames["xray"] += 1
             self._frames["laser_on"] += int(on)
@@ -133,7 +155,7 @@ class SaxsScene(Scene):
         v = 4.0 / 3.0 * np.pi * (p["radius_nm"] * 1e-7) ** 3
         return {
             "scene": self.name,
-            **{k: float(v_) for k, v_ in p.items()},
+            **{k: (float(v_) if isinstance(v_, (int, float)) else v_) for k, v_ in p.items()},
             "radius_on_nm": float(r_on),
             "forward_cross_section_cm1": float(p["volume_fraction"] * drho**2 * v),
             "profile_scale_per_uj": float(self.profile_scale()),
@@ -144,4 +166,8 @@ class SaxsScene(Scene):
             "frames_xray": int(self._frames["xray"]),
             "frames_laser_on": int(self._frames["laser_on"]),
             "ignored_params": self.unknown_params,
+            **({"kinetics": {**p["kinetics"], "observable": "relative radius change of laser-on frames",
+                             "amplitude": float(p["radius_change"]),
+                             "model": "radius_change * (1 - exp(-(t - t0_ps) / tau_ps)) for t > t0_ps, else 0"}}
+               if p["kinetics"] else {}),
         }

@@ -41,6 +41,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "photons_per_uj": 2.0,  # photons in all lines per µJ of pulse energy
     "background_per_pixel_per_uj": 2.0e-6,
     "laser_shift_px": 0.8,
+    # {t0_ps, tau_ps}: in a delay scan the shift rises as 1 - exp(-(t - t0)/tau) after t0
+    "kinetics": None,
     "laser_intensity_factor": 1.0,
     # Energy calibration E(x) = e0 + e1 x + e2 x² (eV) of the spectrometer: only used
     # to express the truth in eV (the reduction gets it from its config).
@@ -89,6 +91,24 @@ class SpectroscopyScene(Scene):
         self.spot_map = self._spot_map()
         self._off = self._band_pattern(0.0)
         self._on = self._band_pattern(float(p["laser_shift_px"]))
+        self._on_at: dict[float, np.ndarray] = {}
+
+    def shift_at(self, delay_ps: float) -> float:
+        """Line shift of laser-on frames (px) at a pump-probe delay (NaN: no scan)."""
+        from ..scan import rise
+
+        k = self.p["kinetics"]
+        if not k or not np.isfinite(delay_ps):
+            return float(self.p["laser_shift_px"])
+        return float(self.p["laser_shift_px"] * rise(delay_ps, float(k["t0_ps"]), float(k["tau_ps"])))
+
+    def _on_pattern(self, delay_ps: float) -> np.ndarray:
+        if not self.p["kinetics"] or not np.isfinite(delay_ps):
+            return self._on
+        key = round(float(delay_ps), 6)
+        if key not in self._on_at:
+            self._on_at[key] = self._band_pattern(self.shift_at(delay_ps))
+        return self._on_at[key]
 
     def _centres(self, rows: np.ndarray, shift: float) -> np.ndarray:
         d = rows - self.p["band_center_row"]
@@ -126,7 +146,7 @@ class SpectroscopyScene(Scene):
         expected_lines = np.zeros(n)
         for i in np.nonzero(beam.xray)[0]:
             e = energy[i]
-            pattern = self._on * self.p["laser_intensity_factor"] if beam.ppl[i] else self._off
+            pattern = self._on_pattern(beam.delay_ps) * self.p["laser_intensity_factor"] if beam.ppl[i] else self._off
             lam = pattern * e
             expected_lines[i] = lam.sum()
             out[i, 0, self.band_rows] = self.rng.poisson(lam)
@@ -168,6 +188,10 @@ class SpectroscopyScene(Scene):
             "laser_intensity_factor": float(p["laser_intensity_factor"]),
             "energy_calibration": [float(c) for c in p["energy_calibration"]],
             "spot": p["spot"],
+            **({"kinetics": {**p["kinetics"], "observable": "Ka1 shift of laser-on frames (px)",
+                             "amplitude": float(p["laser_shift_px"]),
+                             "model": "laser_shift_px * (1 - exp(-(t - t0_ps) / tau_ps)) for t > t0_ps, else 0"}}
+               if p["kinetics"] else {}),
         }
 
     def frame_truth(self) -> dict[str, np.ndarray]:
