@@ -261,3 +261,26 @@ def test_xes_delay_scan_recovers_tau_and_time_zero(xes_scan):
     with h5py.File(xes_scan["binning"]) as f:
         train_bin = f["trains/delay_bin"][()]
     assert (train_bin[xes_scan["step"] < 0] == -1).all()
+
+
+def test_hit_rate_per_bin_with_wilson_interval(tmp_path):
+    """binning.h5 of a hit-finding run: hits and X-ray frames per bin, laser on and off,
+    the rate and its Wilson half-width (z = 1)."""
+    tids = np.arange(100, 110, dtype=np.uint64)
+    b = binning.Binning([binning.trains_axis(tids, {"axis": "trains", "every": 5})], tids)
+    tid = np.repeat(tids, 4)
+    table = {"trainId": tid, "pulseId": np.tile(np.arange(4, dtype=np.uint64), 10),
+             "pulse_energy": np.ones(40), "xray": np.tile([False, True, True, True], 10),
+             "ppl": np.tile([False, True, False, True], 10), "hit": np.zeros(40, bool)}
+    table["hit"][[1, 2, 3, 5, 21]] = True  # bin 0: 4 hits (3 on, 1 off); bin 1: 1 hit (on)
+    binning.write_binning(tmp_path / "b.h5", b, table, {}, hit_finding=True)
+    with h5py.File(tmp_path / "b.h5") as f:
+        g = f["binning"]
+        assert g["xray_frames"][()].tolist() == [15, 15]
+        np.testing.assert_allclose(g["hit_rate"][()], [4 / 15, 1 / 15])
+        np.testing.assert_allclose(g["hit_rate_on"][()], [3 / 10, 1 / 10])
+        np.testing.assert_allclose(g["hit_rate_off"][()], [1 / 5, 0.0])
+        p, n = 4 / 15, 15
+        half = np.sqrt(p * (1 - p) / n + 1 / (4 * n * n)) / (1 + 1 / n)
+        assert g["hit_rate_errors"][0] == pytest.approx(half)
+        assert g["frames/bin"][()].tolist() == [0] * 20 + [1] * 20

@@ -130,10 +130,6 @@ class Binning:
             flat[ok] = np.ravel_multi_index(tuple(stack[:, ok]), self.shape)
         return flat
 
-    def delay_axis(self) -> Axis | None:
-        """The delay axis, if the run bins by delay."""
-        return next((a for a in self.axes if a.kind == "delay"), None)
-
 
 def bins_of(config: dict, run: int) -> list[dict]:
     """The ``bins`` list of a run's entry in ``runs:`` (empty: not binned), checked."""
@@ -353,12 +349,12 @@ def write_binning(path: Path, binning: Binning, table: Mapping[str, np.ndarray],
             d.attrs.update(units=a.unit, kind=a.kind, decided_by=a.source, long_name=f"{a.name} ({a.unit})")
             if a.edges is not None:
                 g[f"{a.name}_edges"] = a.edges
-        g["xray_frames"] = (counts["xray_on"] + counts["xray_off"]).reshape(binning.shape)
+        xray = {"": counts["xray_on"] + counts["xray_off"], "_on": counts["xray_on"], "_off": counts["xray_off"]}
+        g["xray_frames"] = xray[""].reshape(binning.shape)
         for k, v in counts.items():
             g[f"counts/{k}"] = v.reshape(binning.shape)
         if hit_finding:
-            for suffix in ("", "_on", "_off"):
-                n = counts["xray" + (suffix or "_on")] + (counts["xray_off"] if not suffix else 0)
+            for suffix, n in xray.items():
                 rate, lo, hi = hit_rate(counts["hits" + suffix], n)
                 g[f"hit_rate{suffix}"] = rate.reshape(binning.shape)
                 g[f"hit_rate{suffix}_errors"] = (0.5 * (hi - lo)).reshape(binning.shape)

@@ -202,6 +202,7 @@ class RawSequenceFrames(SequenceFrames):
         missing = sorted(set(self.modules) - set(constants_files))
         if missing:
             raise InputDataError(f"no constants for modules {missing}: run the dark rule for them")
+        self._gain_buf: np.ndarray | None = None  # see _scratch_gain
         self.correctors = {}
         for m in self.modules:
             cells = read_dataset(self.sources[m]["image.cellId"], self.paths[m], "image.cellId").reshape(-1)
@@ -229,10 +230,9 @@ class RawSequenceFrames(SequenceFrames):
         return corrector.into(raw, cells, data, gain, mask, rows, slot)
 
     def _scratch_gain(self, shape: tuple[int, ...]) -> np.ndarray:
-        buf = getattr(self, "_gain_buf", None)
-        if buf is None or buf.shape != shape:
-            buf = self._gain_buf = np.empty(shape, np.uint8)
-        return buf
+        if self._gain_buf is None or self._gain_buf.shape != shape:
+            self._gain_buf = np.empty(shape, np.uint8)
+        return self._gain_buf
 
 
 class CorrWriter:

@@ -356,8 +356,11 @@ def binned_run(frame_files: Iterable[str | Path], partial_files: Iterable[str | 
     binning = read_binning(Path(binning_file))
     ref = gather_partials(list(partial_files)[:1])
     n = binning.n_bins
-    total = [SaxsAccumulator(ref.radial, None, xgm_normalised=ref.xgm_normalised, poisson_k=ref.poisson_k)
-             for _ in range(n)]
+
+    def empty() -> SaxsAccumulator:  # same axis, normalisation and engine as the run's partials
+        return SaxsAccumulator(ref.radial, None, xgm_normalised=ref.xgm_normalised, poisson_k=ref.poisson_k)
+
+    total = [empty() for _ in range(n)]
     for path in frame_files:
         rows = read_frame_table(Path(path), SAXS_SOURCE, group="saxs")
         if rows["trainId"].size == 0:
@@ -365,7 +368,7 @@ def binned_run(frame_files: Iterable[str | Path], partial_files: Iterable[str | 
         b = binning.bins_of(rows["trainId"], rows["pulseId"], str(path))
         for k in np.unique(b[b >= 0]):
             sel = b == k
-            part = SaxsAccumulator(ref.radial, None, xgm_normalised=ref.xgm_normalised, poisson_k=ref.poisson_k)
+            part = empty()
             part.add(rows["intensity"][sel], rows["sigma"][sel], rows["ppl"][sel], rows["pulse_energy"][sel])
             total[k].merge(part)
     q = ref.radial
@@ -377,7 +380,7 @@ def binned_run(frame_files: Iterable[str | Path], partial_files: Iterable[str | 
     counts = {"on": np.array([a.frames["on"] for a in total]), "off": np.array([a.frames["off"] for a in total])}
     observable = None
     if fit:
-        off = SaxsAccumulator(ref.radial, None, xgm_normalised=ref.xgm_normalised, poisson_k=ref.poisson_k)
+        off = empty()
         for a in total:
             off.merge(a)
         observable = {"name": "radius_change", "unit": "", "values": np.full(n, np.nan), "errors": np.full(n, np.nan)}

@@ -411,6 +411,7 @@ def simulate_jungfrau_run(
     # as for the AGIPD runs, nothing can pair sequence numbers across aggregators.
     da = EuXFELWriter(run_dir / sources.da_filename(run, 0), all_tids, prov, sequence=0, **meta)
     xgm_rows, bp_rows = [], []
+    delays = plan["delay_scan"].train_delays() if plan["delay_scan"] is not None else None
     try:
         ctrl.add_control(det.control_source, ctrl_values, run_values=ctrl_strings)
         # Same beam-data layout as the AGIPD runs.
@@ -434,8 +435,8 @@ def simulate_jungfrau_run(
                 for k, tid in enumerate(tids):
                     ti = t_lo + k
                     beam, table, xgm = make_train_beam(beam_cfg, ti, int(tid), plan["n_trains"], rng_beam)
-                    if plan["delay_scan"] is not None:
-                        beam.delay_ps = float(plan["delay_scan"].train_delays()[ti])
+                    if delays is not None:
+                        beam.delay_ps = float(delays[ti])
                     xgm_rows.append(xgm)
                     bp_rows.append(table)
                     photons = scene.photons(beam)[:, 0]

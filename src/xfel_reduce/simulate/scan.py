@@ -32,6 +32,34 @@ def rise(delay_ps: np.ndarray | float, t0_ps: float, tau_ps: float) -> np.ndarra
     return np.where(t > 0, -np.expm1(-np.maximum(t, 0.0) / tau_ps), 0.0)
 
 
+class PumpKinetics:
+    """A scene's pump effect in a delay scan: the fraction of its full size at a delay
+    (:func:`rise` with the scene's ``kinetics: {t0_ps, tau_ps}``; 1 without kinetics or
+    outside a scan), and what the scene builds for that fraction, built once per delay.
+
+    ``build(fraction)`` makes the scene's laser-on pattern for a fraction of the full
+    effect; ``full`` is that pattern at fraction 1 (what runs without a scan use).
+    """
+
+    def __init__(self, kinetics: dict | None, build, full: np.ndarray):
+        self.kinetics, self._build, self._full = kinetics, build, full
+        self._at: dict[float, np.ndarray] = {}
+
+    def fraction(self, delay_ps: float) -> float:
+        if not self.kinetics or not np.isfinite(delay_ps):
+            return 1.0
+        return float(rise(delay_ps, float(self.kinetics["t0_ps"]), float(self.kinetics["tau_ps"])))
+
+    def pattern(self, delay_ps: float) -> np.ndarray:
+        """The laser-on pattern at ``delay_ps``."""
+        if not self.kinetics or not np.isfinite(delay_ps):
+            return self._full
+        key = round(float(delay_ps), 6)
+        if key not in self._at:
+            self._at[key] = self._build(self.fraction(delay_ps))
+        return self._at[key]
+
+
 def stage_mm(delay_ps: np.ndarray | float, ref_stage_mm: float) -> np.ndarray:
     """Stage position of a delay (double pass: ``c · t / 2``)."""
     return ref_stage_mm + np.asarray(delay_ps, np.float64) * C_MM_PER_PS / 2.0

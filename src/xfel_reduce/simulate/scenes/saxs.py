@@ -37,6 +37,7 @@ import numpy as np
 from ...geometry import polarisation_factor, q_map, solid_angle
 from ...saxs import sphere_intensity
 from ..counter_rng import poisson
+from ..scan import PumpKinetics
 from ..scene import Scene, SceneContext, TrainBeam
 
 #: Joules per keV.
@@ -85,26 +86,10 @@ class SaxsScene(Scene):
         r_on = p["radius_nm"] * (1.0 + p["radius_change"])
         self._rate_off = self._expected_per_uj(p["radius_nm"]).astype(np.float32)
         self._rate_on = self._expected_per_uj(r_on).astype(np.float32)
-        self._rate_at: dict[float, np.ndarray] = {}  # laser-on rates per delay of a scan
         self._frames = {"xray": 0, "laser_on": 0}
-
-    def radius_change_at(self, delay_ps: float) -> float:
-        """Relative radius change of laser-on frames at a pump-probe delay (NaN: no scan)."""
-        from ..scan import rise
-
-        k = self.p["kinetics"]
-        if not k or not np.isfinite(delay_ps):
-            return float(self.p["radius_change"])
-        return float(self.p["radius_change"] * rise(delay_ps, float(k["t0_ps"]), float(k["tau_ps"])))
-
-    def _on_rate(self, delay_ps: float) -> np.ndarray:
-        if not self.p["kinetics"] or not np.isfinite(delay_ps):
-            return self._rate_on
-        key = round(float(delay_ps), 6)
-        if key not in self._rate_at:
-            r = self.p["radius_nm"] * (1.0 + self.radius_change_at(delay_ps))
-            self._rate_at[key] = self._expected_per_uj(r).astype(np.float32)
-        return self._rate_at[key]
+        # laser-on rates per delay of a scan: radius change times the kinetics' rise
+        self._pump = PumpKinetics(p["kinetics"], lambda f: self._expected_per_uj(
+            p["radius_nm"] * (1.0 + p["radius_change"] * f)).astype(np.float32), self._rate_on)
 
     def _cross_section(self, radius_nm: float, q: np.ndarray) -> np.ndarray:
         p = self.p
@@ -119,7 +104,7 @@ class SaxsScene(Scene):
 
     def expected(self, pulse_energy_uj: float, laser_on: bool = False, delay_ps: float = float("nan")) -> np.ndarray:
         """Expected photons per pixel (n_mod, 512, 128) for one pulse."""
-        return (self._on_rate(delay_ps) if laser_on else self._rate_off) * np.float32(pulse_energy_uj)
+        return (self._pump.pattern(delay_ps) if laser_on else self._rate_off) * np.float32(pulse_energy_uj)
 
     def photons(self, beam: TrainBeam) -> np.ndarray:
         """Poisson photon counts for the frames of one train."""

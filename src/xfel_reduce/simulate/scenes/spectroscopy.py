@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from scipy.special import erf
 
+from ..scan import PumpKinetics
 from ..scene import Scene, SceneContext, TrainBeam
 
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -91,24 +92,9 @@ class SpectroscopyScene(Scene):
         self.spot_map = self._spot_map()
         self._off = self._band_pattern(0.0)
         self._on = self._band_pattern(float(p["laser_shift_px"]))
-        self._on_at: dict[float, np.ndarray] = {}
-
-    def shift_at(self, delay_ps: float) -> float:
-        """Line shift of laser-on frames (px) at a pump-probe delay (NaN: no scan)."""
-        from ..scan import rise
-
-        k = self.p["kinetics"]
-        if not k or not np.isfinite(delay_ps):
-            return float(self.p["laser_shift_px"])
-        return float(self.p["laser_shift_px"] * rise(delay_ps, float(k["t0_ps"]), float(k["tau_ps"])))
-
-    def _on_pattern(self, delay_ps: float) -> np.ndarray:
-        if not self.p["kinetics"] or not np.isfinite(delay_ps):
-            return self._on
-        key = round(float(delay_ps), 6)
-        if key not in self._on_at:
-            self._on_at[key] = self._band_pattern(self.shift_at(delay_ps))
-        return self._on_at[key]
+        # laser-on patterns per delay of a scan: the shift times the kinetics' rise
+        self._pump = PumpKinetics(p["kinetics"], lambda f: self._band_pattern(float(p["laser_shift_px"]) * f),
+                                  self._on)
 
     def _centres(self, rows: np.ndarray, shift: float) -> np.ndarray:
         d = rows - self.p["band_center_row"]
@@ -146,7 +132,7 @@ class SpectroscopyScene(Scene):
         expected_lines = np.zeros(n)
         for i in np.nonzero(beam.xray)[0]:
             e = energy[i]
-            pattern = self._on_pattern(beam.delay_ps) * self.p["laser_intensity_factor"] if beam.ppl[i] else self._off
+            pattern = self._pump.pattern(beam.delay_ps) * self.p["laser_intensity_factor"] if beam.ppl[i] else self._off
             lam = pattern * e
             expected_lines[i] = lam.sum()
             out[i, 0, self.band_rows] = self.rng.poisson(lam)
