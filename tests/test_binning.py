@@ -283,4 +283,4 @@ def test_hit_rate_per_bin_with_wilson_interval(tmp_path):
         p, n = 4 / 15, 15
         half = np.sqrt(p * (1 - p) / n + 1 / (4 * n * n)) / (1 + 1 / n)
         assert g["hit_rate_errors"][0] == pytest.approx(half)
-        assert g["frames/bin"][()].tolist() == [0] * 20 + [1] * 20
+        assert f["frames/bin"][()].tolist() == [0] * 20 + [1] * 20
