@@ -18,6 +18,7 @@ include: "workflow/rules/xpcs.smk"
 include: "workflow/rules/saxs.smk"
 include: "workflow/rules/spectroscopy.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/binning.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -256,7 +256,7 @@ def test_xes_delay_scan_recovers_tau_and_time_zero(xes_scan):
     assert abs(k["t0"] - XES_KINETICS["t0_ps"]) < _step_at(XES_DELAYS, XES_KINETICS["t0_ps"]), k
     assert k["amplitude"] == pytest.approx(2.0, rel=0.05), k
     with h5py.File(xes_scan["binned"]) as f:
-        assert f["binned/difference"].attrs["axes"].tolist() == ["delay", "energy"]
+        assert f["binned/on_minus_off"].attrs["axes"].tolist() == ["delay", "energy"]
         assert f["binned/observable"].attrs["units"] == "px"
     with h5py.File(xes_scan["binning"]) as f:
         train_bin = f["trains/delay_bin"][()]

@@ -167,7 +167,8 @@ def _demo_config(tmp: Path) -> Path:
     # rules and groups are those of the default config): the test is about scheduling
     # and identical results, and the full demo twice took 25 min of the suite.
     for r in cfg["simulate"]["runs"]:
-        if r.get("type") in ("spi", "sfx", "saxs"):
+        # (a delay scan's trains are its steps: it keeps them)
+        if r.get("type") in ("spi", "sfx", "saxs") and "delay_scan" not in r:
             n_seq = -(-r["trains"] // r["trains_per_sequence"])
             r["trains"] = max(n_seq, r["trains"] // 2)
             r["trains_per_sequence"] = -(-r["trains"] // n_seq)
@@ -224,8 +225,9 @@ def test_default_config_on_slurm_matches_local(slurm: SlurmCluster, tmp_path: Pa
         assert a.keys() == b.keys()
         differ = sorted(k for k in a if a[k] != b[k])
         assert not differ, f"SLURM and local results differ: {differ}"
-        for run in ("r0010", "r0011", "r0012", "r0013", "r0014"):
+        for run in ("r0010", "r0011", "r0012", "r0013", "r0014", "r0015"):
             assert f"{run}/summary.json" in a
+        assert "r0015/reports/binning.verdict.json" in a and "r0015/saxs/saxs_binned.h5" in a
         assert results_digest(local_dir / "p900001") == results_digest(slurm_dir / "p900001")
         print(f"\ndefault config: {n_jobs} jobs, {len(new)} sbatch submissions; "
               f"local {t_local:.0f} s, SLURM {t_slurm:.0f} s")

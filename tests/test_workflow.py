@@ -81,8 +81,30 @@ def test_every_run_has_reports_and_the_index_lists_them(tech_run):
     tmp, cfg = tech_run
     index = (tmp / "results" / "index.html").read_text()
     for run, stages in ((11, ["calibration", "annotation", "sfx"]), (12, ["calibration", "annotation", "xpcs"]),
-                        (13, ["calibration", "annotation", "saxs"]), (14, ["spectroscopy"])):
+                        (13, ["calibration", "annotation", "saxs", "binning"]), (14, ["spectroscopy", "binning"])):
         for stage in stages:
             html = tmp / "results" / f"r{run:04d}" / "reports" / f"{stage}.html"
             assert html.is_file(), html
             assert f"r{run:04d}/reports/{stage}.html" in index
+            verdict = json.loads(html.with_suffix(".verdict.json").read_text())
+            assert verdict["overall"] != "error", (html, verdict)
+    # the SAXS report judges the fits the gather stored (it once read them from a closed file)
+    saxs = json.loads((tmp / "results" / "r0013" / "reports" / "saxs.verdict.json").read_text())
+    assert set(saxs["fits"]) == {"all", "on", "off"}, saxs
+
+
+def test_binned_runs_in_the_workflow(tech_run):
+    """Runs with ``bins`` get binning.h5, their technique's products per bin (the
+    JUNGFRAU run's table from its partials) and both enter the run's products."""
+    tmp, cfg = tech_run
+    for run, binned, n_bins in ((13, "saxs/saxs_binned.h5", 2), (14, "spectroscopy/spectra_binned.h5", 2)):
+        base = tmp / "results" / f"r{run:04d}"
+        with h5py.File(base / "binning" / "binning.h5") as f:
+            assert tuple(f["binning"].attrs["shape"]) == (n_bins,)
+            xray = f["binning/xray_frames"][()]
+        with h5py.File(base / binned) as f:
+            g = f["binned/on_minus_off"]
+            assert g["data"].shape[0] == n_bins and g.attrs["NX_class"] == "NXdata"
+            assert (f["binned/counts/on"][()] + f["binned/counts/off"][()] <= xray).all()
+        s = json.loads((base / "summary.json").read_text())
+        assert {"binning", "binned"} <= set(s["bytes_out"]), s["bytes_out"]

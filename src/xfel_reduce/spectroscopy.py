@@ -935,9 +935,10 @@ def binned_run(frame_files: Sequence[Path], binning_file: Path, cfg: Spectroscop
                 if m.any():
                     acc[c][k].merge(Moments((nb,)).add(norm[m]))
     x = cfg.columns
-    groups = {c: (np.stack([m.mean for m in acc[c]]), np.stack([m.sem for m in acc[c]])) for c in CLASSES}
-    groups["difference"] = (groups["laser_on"][0] - groups["laser_off"][0],
-                            np.hypot(groups["laser_on"][1], groups["laser_off"][1]))
+    # named as every technique's binned groups (binning.write_binned): on, off, all, on_minus_off
+    groups = {g: (np.stack([m.mean for m in acc[c]]), np.stack([m.sem for m in acc[c]]))
+              for g, c in (("on", "laser_on"), ("off", "laser_off"), ("all", "all"))}
+    groups["on_minus_off"] = (groups["on"][0] - groups["off"][0], np.hypot(groups["on"][1], groups["off"][1]))
     obs = {"name": "line_shift", "unit": "px", "values": np.full(n, np.nan), "errors": np.full(n, np.nan)}
     for k in range(n):
         on_m, off_m = acc["laser_on"][k], acc["laser_off"][k]
@@ -949,7 +950,7 @@ def binned_run(frame_files: Sequence[Path], binning_file: Path, cfg: Spectroscop
             log.warning("bin %d: line fit failed: %s", k, err)
             continue
         obs["values"][k], obs["errors"][k] = f.shift_px, f.shift_error_px
-    counts = {c: np.array([int(m.count.max(initial=0)) for m in acc[c]]) for c in ("laser_on", "laser_off")}
+    counts = {g: np.array([int(m.count.max(initial=0)) for m in acc[c]]) for g, c in (("on", "laser_on"), ("off", "laser_off"))}
     out = write_binned(Path(output), binning, "spectroscopy", cfg.energy_axis(x), "energy", "eV", groups, counts,
                        obs, prov, attrs={"dispersion_ev_per_px": float(cfg.dispersion(x[x.size // 2]))})
     return {**out, "counts": {k: v.tolist() for k, v in counts.items()}}

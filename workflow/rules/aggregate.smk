@@ -20,12 +20,7 @@ rule aggregate:
 def summary_inputs(w):
     run = int(w.run)
     products = technique_products(run)
-    if is_jungfrau_run(run):
-        # the spectrometer's per-frame table is in its partials (techniques.spectroscopy.frame_table)
-        table = plugin(run).sequence_paths(RESULTS, run, sequences(run))["partial"]
-    else:
-        table = products["aggregate"]
-    out = {"raw": run_raw_files(run), "table": table,
+    out = {"raw": run_raw_files(run), "table": run_table_files(run),
            "products": [f for files in products.values() for f in files]}
     if truth_file(run) and plugin(run).hit_finding:
         out["truth"] = truth_file(run)

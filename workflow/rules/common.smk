@@ -9,6 +9,7 @@ import re
 from xfel_reduce.simulate.beamtime import expected_files, iter_runs, run_plan
 from xfel_reduce.simulate.jungfrau import JUNGFRAU_RUN_TYPES, expected_jungfrau_files
 from xfel_reduce import techniques
+from xfel_reduce.binning import bins_of
 from xfel_reduce.config import modules_of
 from xfel_reduce.kept import ReductionConfig
 from xfel_reduce.onepass import write_corr
@@ -196,6 +197,7 @@ ANNOTATION_FILE = os.path.join(RESULTS, "r{run}", "annotation", "REDU-R{run}-ANN
 PARTIAL_FILE = os.path.join(RESULTS, "r{run}", "partials", "S{seq}.h5")
 AGGREGATE_FILE = os.path.join(RESULTS, techniques.AGGREGATE_FILE)
 HIT_THRESHOLDS_FILE = os.path.join(RESULTS, "r{run}", "partials", "hit_thresholds.h5")
+BINNING_FILE = os.path.join(RESULTS, techniques.BINNING_FILE)
 
 
 def annotation_files(run):
@@ -204,6 +206,32 @@ def annotation_files(run):
 
 def technique(run):
     return RUNS.get(int(run), {}).get("technique")
+
+
+def has_bins(run):
+    """Whether the run is binned (``runs[].bins``: delay, motor, XGM or train axes)."""
+    return bool(bins_of(config, int(run)))
+
+
+def run_table_files(run):
+    """What the run's per-frame table is read from (``Technique.frame_table``): the
+    aggregate, or for JUNGFRAU runs the spectrometer's partials."""
+    r = int(run)
+    if is_jungfrau_run(r):
+        return plugin(r).sequence_paths(RESULTS, r, sequences(r))["partial"]
+    return expand(AGGREGATE_FILE, run=f"{r:04d}")
+
+
+def binning_products(run):
+    """Products of a binned run: its bins (binning.h5) and its technique's products per
+    bin (``Technique.binned_files``)."""
+    if not has_bins(run):
+        return {}
+    out = {"binning": expand(BINNING_FILE, run=f"{int(run):04d}")}
+    binned = plugin(run).binned_paths(RESULTS, int(run))
+    if binned:
+        out["binned"] = list(binned.values())
+    return out
 
 
 def is_jungfrau_run(run):
@@ -247,7 +275,7 @@ def technique_products(run):
     """Per-run products, {product name: [files]}: annotation, aggregate and kept frames of
     AGIPD runs, and the technique's own (techniques.<name>.product_files)."""
     r = f"{int(run):04d}"
-    own = plugin(run).products(RESULTS, int(run), sequences(run))
+    own = {**plugin(run).products(RESULTS, int(run), sequences(run)), **binning_products(run)}
     if is_jungfrau_run(run):
         if WRITE_CORR:  # the JUNGFRAU passes correct in memory; CORR files only when asked
             own["corr"] = [jf_corr_file(run, s) for s in sequences(run)]
@@ -266,7 +294,8 @@ def truth_file(run):
 
 
 def run_stages(run):
-    """Report stages of a run: calibration and annotation, then its technique's notebook."""
+    """Report stages of a run: calibration and annotation, its technique's notebook and,
+    for a binned run, the binning report."""
     if is_jungfrau_run(run):
         stages = []
     else:
@@ -274,6 +303,8 @@ def run_stages(run):
     t = plugin(run).notebook
     if t and os.path.exists(os.path.join(workflow.basedir, "reports", f"{t}.ipynb")):
         stages.append(t)
+    if has_bins(run):
+        stages.append("binning")
     return stages
 
 
@@ -305,6 +336,14 @@ def stage_inputs(run, stage):
             out["truth_file"] = truth
         return out
     p = plugin(run)
+    if stage == "binning":
+        out = {"binning_file": expand(BINNING_FILE, run=f"{int(run):04d}")[0]}
+        binned = p.binned_paths(RESULTS, int(run))
+        if binned:
+            out["binned_file"] = binned["binned"]
+        if truth:
+            out["truth_file"] = truth.replace("truth.h5", "truth.json")
+        return out
     if stage != p.notebook:
         raise ValueError(f"no report inputs defined for stage {stage!r}")
     out = p.report_inputs(RESULTS, int(run), sequences(run))
