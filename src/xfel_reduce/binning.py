@@ -278,7 +278,8 @@ def run_binning(config: dict, run: int, train_files: Sequence[Path], table: Mapp
     specs = bins_of(config, run)
     if not specs:
         raise ConfigError(f"run {run} has no `bins` in its runs entry")
-    dc = open_train_data(Path(train_files[0]).parent if train_files else ".", train_files)
+    folder = Path(train_files[0]).parent if train_files else Path(".")
+    dc = open_train_data(folder, train_files)
     train_ids = np.asarray(dc.train_ids, np.uint64)
     axes, dropped = [], {}
     for i, spec in enumerate(specs):
@@ -294,8 +295,7 @@ def run_binning(config: dict, run: int, train_files: Sequence[Path], table: Mapp
                 a = xgm_axis(spec, table["pulse_energy"], table["xray"])
         except ConfigError as err:
             # the axis functions know the source; say which run and which entry to fix
-            where = Path(train_files[0]).parent if train_files else "?"
-            raise ConfigError(f"run {run} ({where}): {err} — in runs[{run}].bins[{i}]") from err
+            raise ConfigError(f"run {run} ({folder}): {err} — in runs[{run}].bins[{i}]") from err
         if a.train_bin is not None:
             dropped[f"{a.name}: trains in no bin"] = int((a.train_bin < 0).sum())
         axes.append(a)
@@ -419,7 +419,8 @@ def write_binned(path: Path, binning: StoredBinning, technique: str, x: np.ndarr
     """A technique's binned products (one HDF5 per run, NeXus-style ``NXdata``).
 
     ``groups``: ``{name: (values (n_bins, n_x), errors)}`` — ``on``, ``off``, ``all``
-    and ``on_minus_off`` (laser on − off) for every technique; ``observable``: ``{name, unit, values (n_bins,), errors}`` (the
+    and ``on_minus_off`` (laser on − off) for every technique; ``observable``:
+    ``{name, unit, values (n_bins,), errors}`` (the
     quantity whose kinetics a delay scan measures), fitted with
     :func:`xfel_reduce.kinetics.fit_rise` when the run is binned by delay alone.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -26,6 +26,12 @@ from .io.redu import read_partials, write_frame_table
 from .io.runs import InputDataError, open_file
 
 log = logging.getLogger("xfel_reduce")
+
+
+def named_inputs(named: Mapping[str, object], exclude: Sequence[str] = ()) -> dict[str, list[str]]:
+    """A rule's named inputs as ``{name: [paths]}`` (Snakemake gives a str for one
+    file and a list for several), without the names in ``exclude``."""
+    return {k: [v] if isinstance(v, str) else [str(p) for p in v] for k, v in named.items() if k not in exclude}
 
 
 def setup_logging(log_file: str | Path | None, threads: int | None = None) -> logging.Logger:

@@ -337,10 +337,10 @@ def stage_inputs(run, stage):
         return out
     p = plugin(run)
     if stage == "binning":
-        out = {"binning_file": expand(BINNING_FILE, run=f"{int(run):04d}")[0]}
-        binned = p.binned_paths(RESULTS, int(run))
-        if binned:
-            out["binned_file"] = binned["binned"]
+        products = binning_products(run)
+        out = {"binning_file": products["binning"][0]}
+        if "binned" in products:
+            out["binned_file"] = products["binned"][0]
         if truth:
             out["truth_file"] = truth.replace("truth.h5", "truth.json")
         return out

@@ -2,6 +2,6 @@
 from xfel_reduce import steps
 
 steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
-inputs = {k: [v] if isinstance(v, str) else list(v) for k, v in snakemake.input.items() if k != "binning"}
 steps.binned_run(snakemake.config, int(snakemake.wildcards.run), snakemake.params.technique,
-                 snakemake.input.binning, inputs, snakemake.output.binned)
+                 snakemake.input.binning, steps.named_inputs(snakemake.input, exclude=["binning"]),
+                 snakemake.output.binned)

@@ -5,5 +5,5 @@ from xfel_reduce import steps, techniques
 steps.setup_logging(snakemake.log[0], threads=snakemake.threads)
 techniques.get(snakemake.params.technique).gather(
     snakemake.config, int(snakemake.wildcards.run),
-    {k: list(v) if not isinstance(v, str) else [v] for k, v in snakemake.input.items()},
+    steps.named_inputs(snakemake.input),
     dict(snakemake.output.items()))
