@@ -284,3 +284,20 @@ def test_hit_rate_per_bin_with_wilson_interval(tmp_path):
         half = np.sqrt(p * (1 - p) / n + 1 / (4 * n * n)) / (1 + 1 / n)
         assert g["hit_rate_errors"][0] == pytest.approx(half)
         assert f["frames/bin"][()].tolist() == [0] * 20 + [1] * 20
+
+
+def test_images_per_bin_in_the_pass(saxs_scan):
+    """The one pass's images per bin: each bin's frames (its X-ray count in every pixel
+    of a complete frame), pooled to the run's laser-on/off images; images made with
+    other bins are refused by name."""
+    from xfel_reduce.aggregate import Moments
+
+    with h5py.File(saxs_scan["binning"]) as f:
+        counts = {s: f[f"binning/counts/xray_{s}"][()] for s in ("on", "off")}
+        img = {s: {k: f[f"images/{s}/{k}"][()] for k in ("mean", "count")} for s in ("on", "off")}
+    for s in ("on", "off"):
+        assert (img[s]["count"].max(axis=(1, 2, 3)) == counts[s]).all()
+    m = Moments((2, 2, 3))
+    a, b = binning.BinnedImages(m, '[["delay", "delay", [0.0]]]'), binning.BinnedImages(m, '[["delay", "delay", [1.0]]]')
+    with pytest.raises(ValueError, match="other bins"):
+        a.merge(b, "S00001.h5")

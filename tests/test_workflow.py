@@ -97,12 +97,35 @@ def test_binned_runs_in_the_workflow(tech_run):
     """Runs with ``bins`` get binning.h5, their technique's products per bin (the
     JUNGFRAU run's table from its partials) and both enter the run's products."""
     tmp, cfg = tech_run
-    for run, binned, n_bins in ((13, "saxs/saxs_binned.h5", 2), (14, "spectroscopy/spectra_binned.h5", 2)):
+    for run, binned, n_bins in ((13, "saxs/saxs_binned.h5", 2), (14, "spectroscopy/spectra_binned.h5", 2),
+                                (12, "xpcs/xpcs_binned.h5", 3)):
         base = tmp / "results" / f"r{run:04d}"
         with h5py.File(base / "binning" / "binning.h5") as f:
             assert tuple(f["binning"].attrs["shape"]) == (n_bins,)
             xray = f["binning/xray_frames"][()]
+            counts = {k: f["binning/counts"][k][()] for k in f["binning/counts"]}
+            images = {s: {k: f["images"][s][k][()] for k in ("mean", "count")} for s in f.get("images", {})}
+        if run == 14:  # the spectrometer's run: no detector images
+            assert not images
+        else:
+            # the one pass's images per bin: every X-ray frame of a bin, and together the
+            # run's laser-on / laser-off images (every train of these runs is in a bin)
+            with h5py.File(base / "aggregate" / "run.h5") as f:
+                agg = {s: {k: f[f"images/laser_{s}"][k][()] for k in ("mean", "count")} for s in ("on", "off")}
+            for s in ("on", "off"):
+                img = images[s]
+                assert img["mean"].shape == (n_bins, 2, 512, 128)
+                assert (img["count"].max(axis=(1, 2, 3)) == counts[f"xray_{s}"]).all()
+                np.testing.assert_array_equal(img["count"].sum(axis=0), agg[s]["count"])
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    pooled = (img["mean"] * img["count"]).sum(axis=0) / img["count"].sum(axis=0)
+                np.testing.assert_allclose(np.nan_to_num(pooled), np.nan_to_num(agg[s]["mean"]), rtol=1e-5, atol=1e-6)
         with h5py.File(base / binned) as f:
+            if run == 12:  # g2 per ring and bin, each bin from its own trains across both sequences
+                g = f["binned/g2_ring00"]
+                assert g["data"].shape[0] == n_bins and np.isfinite(g["data"][()][:, :2]).all()
+                assert f["binned/counts/trains"][()].tolist() == [3, 3, 2]
+                continue
             g = f["binned/on_minus_off"]
             assert g["data"].shape[0] == n_bins and g.attrs["NX_class"] == "NXdata"
             assert (f["binned/counts/on"][()] + f["binned/counts/off"][()] <= xray).all()

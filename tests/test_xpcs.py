@@ -255,3 +255,27 @@ def test_two_time_matches_scikit_beam(skb):
     # g2 from the two-time diagonal equals scikit-beam's one_time_from_two_time.
     np.testing.assert_allclose(xpcs.g2_from_two_time(c), skb.one_time_from_two_time(ref),
                                rtol=0, atol=1e-8)
+
+
+def test_add_train_to_a_bin_partial_equals_a_partial_of_the_bin_alone():
+    """A binned run's train goes to the run's sums and its bin's (computed once): the
+    bin's partial is the one made from the bin's trains alone, and merging the bins'
+    partials of two sequences equals the bin's partial of the whole run."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(1, 4), 40).reshape(1, 10, 12)
+    trains = {t: rng.poisson(0.8, (5, 1, 10, 12)).astype(np.float32) for t in range(100, 110)}
+    bin_of = {t: (t - 100) // 4 for t in trains}
+    new = lambda: xpcs.XpcsPartial(labels, n_frames=5, max_train_lag=2)  # noqa: E731
+    run, alone = new(), {b: new() for b in range(3)}
+    seqs = [{b: new() for b in range(3)}, {b: new() for b in range(3)}]
+    for t, f in trains.items():
+        run.add_train(t, f, seqs[t >= 105][bin_of[t]])
+        alone[bin_of[t]].add_train(t, f)
+    reference = new()
+    for t, f in trains.items():
+        reference.add_train(t, f)
+    np.testing.assert_allclose(run.result()["g2"], reference.result()["g2"], equal_nan=True)
+    for b in range(3):
+        got, want = seqs[0][b].merge(seqs[1][b]).result(), alone[b].result()
+        for k in ("g2", "g2_inter", "beta_moments"):
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-12, equal_nan=True)

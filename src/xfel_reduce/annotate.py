@@ -9,6 +9,7 @@ rule (:mod:`xfel_reduce.beam`), or what the user declared (``annotation.xray_fra
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ import numpy as np
 
 from .aggregate import block_reference, merge_block
 from .io.frames import MODULE_SHAPE
+
+log = logging.getLogger("xfel_reduce")
 
 #: Columns of the annotation table, in file order, with their dtypes.
 COLUMNS: dict[str, np.dtype] = {
@@ -77,6 +80,10 @@ class AnnotationConfig:
         SASE beamline (1–3) whose pulses are the X-ray pulses.
     ppl_bit
         Bunch-pattern bit of the pump-probe laser.
+    binned_images_gb
+        Memory budget of the per-bin images of a binned run (:class:`AnnotationReducer`):
+        24 bytes per pixel, bin and laser state; above it they are not made (and the
+        binning report says why).
     """
 
     photon_threshold: float = 0.7
@@ -89,6 +96,7 @@ class AnnotationConfig:
     ppl_bit: int = PPL_BIT
     xray_frames: object = None
     spi: dict | None = None
+    binned_images_gb: float = 4.0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "AnnotationConfig":
@@ -343,14 +351,25 @@ class AnnotationReducer:
     """
 
     #: classes accumulated per frame (a frame is in at most one); "xray" is the merge
-    #: of laser_on and laser_off (result())
+    #: of laser_on and laser_off (result()).  With bins, an X-ray frame in a bin goes to
+    #: that bin's laser-on or laser-off class instead (2 per bin, after these), and
+    #: laser_on / laser_off are merged from them: still one accumulation per frame.
     PASS_CLASSES = ("laser_on", "laser_off", "dark")
 
-    def __init__(self, n_modules: int, cfg: AnnotationConfig, beam_table=None):
+    def __init__(self, n_modules: int, cfg: AnnotationConfig, beam_table=None, binning=None):
         self.cfg, self.beam_table = cfg, beam_table
         self.shape = (n_modules,) + MODULE_SHAPE
         p = int(np.prod(self.shape))
-        k = len(self.PASS_CLASSES)
+        self.binning, self.binned_why = binning, "run not binned" if binning is None else ""
+        n_bins = binning.n_bins if binning is not None else 0
+        need_gb = 2 * n_bins * p * 24 / 1e9
+        if binning is not None and need_gb > cfg.binned_images_gb:
+            self.binning, n_bins = None, 0
+            self.binned_why = (f"per-bin images need {need_gb:.1f} GB for {binning.n_bins} bins, above "
+                               f"annotation.binned_images_gb = {cfg.binned_images_gb:g}")
+            log.warning("%s: not made", self.binned_why)
+        self.n_bins = n_bins
+        k = len(self.PASS_CLASSES) + 2 * n_bins
         self._count = np.zeros((k, p), np.int64)
         self._mean = np.zeros((k, p), np.float64)
         self._m2 = np.zeros((k, p), np.float64)
@@ -371,6 +390,10 @@ class AnnotationReducer:
         cls[x & t["ppl"]] = 0
         cls[x & ~t["ppl"]] = 1
         cls[~x & t["beam_data"]] = 2
+        if self.binning is not None:
+            fb = self.binning.frame_bins(chunk.train_ids, t["pulse_energy"])
+            binned = x & (fb >= 0)
+            cls[binned] = len(self.PASS_CLASSES) + 2 * fb[binned] + (~t["ppl"][binned]).astype(np.int64)
         n = len(chunk)
         data = chunk.data.reshape(n, -1)
         mask = chunk.mask.reshape(n, -1)
@@ -400,12 +423,32 @@ class AnnotationReducer:
 
         table = {k: np.concatenate([p[k] for p in self.parts]) if self.parts else np.zeros(0, dt)
                  for k, dt in COLUMNS.items()}
-        images = {}
-        for c, name in enumerate(self.PASS_CLASSES):
-            m = images[name] = Moments(self.shape)
-            m.count, m.mean, m.m2 = (a[c].reshape(self.shape).copy() for a in (self._count, self._mean, self._m2))
+        images = {name: self._moments(c) for c, name in enumerate(self.PASS_CLASSES)}
+        for b in range(self.n_bins):
+            for j, name in enumerate(("laser_on", "laser_off")):
+                images[name].merge(self._moments(len(self.PASS_CLASSES) + 2 * b + j))
         images["xray"] = Moments(self.shape).merge(images["laser_on"]).merge(images["laser_off"])
         return table, {c: images[c] for c in IMAGE_CLASSES}
+
+    def _moments(self, c: int, shape: tuple[int, ...] | None = None):
+        from .aggregate import Moments
+
+        shape = shape or self.shape
+        m = Moments(shape)
+        m.count, m.mean, m.m2 = (a[c].reshape(shape).copy() for a in (self._count, self._mean, self._m2))
+        return m
+
+    def binned_images(self):
+        """The X-ray frames' images per bin and laser state
+        (:class:`xfel_reduce.binning.BinnedImages`); ``None`` without bins
+        (:attr:`binned_why` says why)."""
+        if self.binning is None:
+            return None
+        from .binning import BinnedImages, signature
+
+        lo = len(self.PASS_CLASSES)
+        return BinnedImages(self._moments(slice(lo, lo + 2 * self.n_bins), (self.n_bins, 2) + self.shape),
+                            signature(self.binning))
 
 
 def annotate_sequence(reader, cfg: AnnotationConfig, beam_table=None, trains_per_chunk: int = 4,

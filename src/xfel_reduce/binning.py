@@ -249,12 +249,15 @@ def trains_axis(train_ids: np.ndarray, spec: dict) -> Axis:
                 "config (train ranges)", train_bin=train_bin, train_values=tids.astype(np.float64))
 
 
-def xgm_axis(spec: dict, pulse_energy: np.ndarray, xray: np.ndarray) -> Axis:
-    """The ``xgm`` axis: fixed edges, or ``bins`` quantiles of the X-ray frames' energy."""
+def xgm_axis(spec: dict, pulse_energy: np.ndarray | None, xray: np.ndarray | None) -> Axis:
+    """The ``xgm`` axis: fixed edges, or ``bins`` quantiles of the X-ray frames' energy
+    (which must then be given)."""
     if "edges" in spec:
         edges = np.asarray(spec["edges"], np.float64)
         how = "config (edges)"
     elif "bins" in spec:
+        if pulse_energy is None or xray is None:
+            raise ConfigError("bins (xgm): equally populated `bins` need the run's frame table")
         e = np.asarray(pulse_energy, np.float64)[np.asarray(xray, bool)]
         e = e[np.isfinite(e) & (e > 0)]
         if e.size < int(spec["bins"]):
@@ -268,10 +271,11 @@ def xgm_axis(spec: dict, pulse_energy: np.ndarray, xray: np.ndarray) -> Axis:
     return Axis(spec.get("name", "xgm"), "xgm", "µJ", 0.5 * (edges[1:] + edges[:-1]), how, edges=edges)
 
 
-def run_binning(config: dict, run: int, train_files: Sequence[Path], table: Mapping[str, np.ndarray],
+def run_binning(config: dict, run: int, train_files: Sequence[Path], table: Mapping[str, np.ndarray] | None,
                 instrument: str | None = None) -> Binning:
     """The run's :class:`Binning` from its train data and its frame table (``trainId``,
-    ``pulse_energy``, ``xray``)."""
+    ``pulse_energy``, ``xray``; only an ``xgm`` axis with equally populated ``bins``
+    needs it, see :func:`pass_binning`)."""
     from .io.discovery import guess_instrument
     from .io.trains import open_train_data
 
@@ -292,7 +296,7 @@ def run_binning(config: dict, run: int, train_files: Sequence[Path], table: Mapp
             elif kind == "trains":
                 a = trains_axis(train_ids, spec)
             else:
-                a = xgm_axis(spec, table["pulse_energy"], table["xray"])
+                a = xgm_axis(spec, *((table["pulse_energy"], table["xray"]) if table is not None else (None, None)))
         except ConfigError as err:
             # the axis functions know the source; say which run and which entry to fix
             raise ConfigError(f"run {run} ({folder}): {err} — in runs[{run}].bins[{i}]") from err
@@ -304,6 +308,70 @@ def run_binning(config: dict, run: int, train_files: Sequence[Path], table: Mapp
         if v:
             log.info("run %d binning: %s: %d dropped", run, k, v)
     return b
+
+
+def pass_binning(config: dict, run: int | None, train_files: Sequence[Path]) -> tuple[Binning | None, str]:
+    """The bins the one pass places frames in (per-bin images, XPCS g2 per bin), or
+    ``None`` and why not.
+
+    Every axis must be known before the detector is read: the train-level axes are
+    decided from the whole run's train data (so every sequence finds the same steps:
+    split-invariant), an ``xgm`` axis only with fixed ``edges`` — its equally populated
+    ``bins`` come from the run's frame table, after the pass.
+    """
+    specs = bins_of(config, run) if run is not None else []
+    if not specs:
+        return None, "run not binned"
+    if any(s["axis"] == "xgm" and "edges" not in s for s in specs):
+        return None, ("an xgm axis with equally populated `bins` is decided after the pass; "
+                      "per-bin images (and XPCS g2) need its fixed `edges`")
+    return run_binning(config, int(run), train_files, None), ""
+
+
+def signature(binning: Binning) -> str:
+    """What identifies the bins (axis names, kinds, centres): stored beside per-bin
+    sums made in the one pass, checked where they meet ``binning.h5``."""
+    return json.dumps([[a.name, a.kind, [round(float(c), 9) for c in a.centres]] for a in binning.axes])
+
+
+@dataclass
+class BinnedImages:
+    """The X-ray frames' images per bin and laser state, made in the one pass
+    (:meth:`xfel_reduce.annotate.AnnotationReducer.binned_images`): mergeable
+    :class:`~xfel_reduce.aggregate.Moments` of shape ``(n_bins, 2) + image`` (laser
+    on, off) and the :func:`signature` of the bins they were made with."""
+
+    moments: Any
+    signature: str
+
+    def merge(self, other: "BinnedImages", where: str = "?") -> "BinnedImages":
+        if other.signature != self.signature:
+            raise ValueError(f"{where}: per-bin images made with other bins ({other.signature} vs "
+                             f"{self.signature}); rerun the run's one pass")
+        self.moments.merge(other.moments)
+        return self
+
+    def to_h5(self, group: h5py.Group) -> None:
+        self.moments.to_h5(group, np.float32)
+        group.attrs.update(signature=self.signature, laser=["on", "off"], accumulator="BinnedImages")
+
+    @classmethod
+    def from_h5(cls, group: h5py.Group) -> "BinnedImages":
+        from .aggregate import Moments
+
+        return cls(Moments.from_h5(group), str(group.attrs["signature"]))
+
+
+def merge_binned_images(paths: Sequence[Path], group: str = "binned_images") -> BinnedImages | None:
+    """The run's per-bin images from its sequences' partials (``None`` if none has them)."""
+    out = None
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            if group not in f:
+                continue
+            part = BinnedImages.from_h5(f[group])
+        out = part if out is None else out.merge(part, str(p))
+    return out
 
 
 def hit_rate(hits: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -333,9 +401,12 @@ def bin_counts(binning: Binning, table: Mapping[str, np.ndarray], frame_bin: np.
 
 
 def write_binning(path: Path, binning: Binning, table: Mapping[str, np.ndarray], prov: dict,
-                  hit_finding: bool = False) -> dict[str, Any]:
+                  hit_finding: bool = False, images: BinnedImages | None = None,
+                  images_why: str = "") -> dict[str, Any]:
     """``binning.h5``: axes (NXdata-style attributes), every frame's bin, dropped trains,
-    X-ray frames per bin and, for hit-finding runs, the hit rate per bin."""
+    X-ray frames per bin, for hit-finding runs the hit rate per bin and, when the one
+    pass made them, the images per bin and laser state (``/images/<on|off>``: ``mean``,
+    ``std`` and ``count`` per pixel, shape ``bins + image``; ``images_why``: why not)."""
     from .io.euxfel import AtomicH5File
     from .io.provenance import attach_provenance
 
@@ -370,6 +441,23 @@ def write_binning(path: Path, binning: Binning, table: Mapping[str, np.ndarray],
                 t[f"{a.name}_bin"] = a.train_bin
                 if a.train_values is not None and a.train_values.size == binning.train_ids.size:
                     t[f"{a.name}_value"] = a.train_values
+        if images is not None:
+            if images.signature != signature(binning):
+                raise ValueError(f"{path}: the per-bin images were made with other bins "
+                                 f"({images.signature} vs {signature(binning)}); rerun the run's one pass")
+            m = images.moments
+            for j, state in enumerate(("on", "off")):
+                ig = f.create_group(f"images/{state}")
+                ig.attrs.update(NX_class="NXdata", signal="mean", axes=[a.name for a in binning.axes],
+                                laser=state, frames="X-ray frames")
+                img = binning.shape + m.shape[2:]
+                for name, v, dt in (("mean", m.mean[:, j], np.float32), ("std", np.nan_to_num(m.std[:, j]), np.float32),
+                                    ("count", m.count[:, j], np.int32)):
+                    # counts compress well, float images hardly (and gzip on them is slow)
+                    kw = {"compression": "gzip", "compression_opts": 1} if name == "count" else {}
+                    ig.create_dataset(name, data=v.reshape(img).astype(dt), **kw)
+        else:
+            f.attrs["images"] = images_why or "not made"
         fr = f.create_group("frames")
         fr["trainId"] = np.asarray(table["trainId"], np.uint64)
         fr["pulseId"] = np.asarray(table["pulseId"], np.uint64)

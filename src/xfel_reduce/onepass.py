@@ -88,6 +88,7 @@ def reduce_sequence(config: dict, run: int | None, seq: int | None, frame_files:
     dict
         Frames, module frames per second, the technique's summary.
     """
+    from .binning import pass_binning
     from .calibrate.agipd import CorrWriter
     from .calibrate.check import CorrectionHistogram
     from .steps import sequence_beam
@@ -99,14 +100,20 @@ def reduce_sequence(config: dict, run: int | None, seq: int | None, frame_files:
         f"({Path(frame_files[0]).parent})"
     cfg = annotate.AnnotationConfig.from_dict(config.get("annotation"))
     beam_table = sequence_beam(config, train_files, reader.train_ids, cfg.xray_frames, raw_dir)
+    # bins decided from the run's train data: the same in every sequence
+    binning, _ = pass_binning(config, run, train_files)
+    annot = annotate.AnnotationReducer(len(mods), cfg, beam_table, binning)
     inputs = list(frame_files) + list(constants) + list(train_files)
     prov = provenance(config, inputs, step="reduce_sequence", run=run, sequence=seq,
                       input_kind=reader.kind, technique=technique,
-                      beam=beam_table.summary() if beam_table is not None else "declared")
+                      beam=beam_table.summary() if beam_table is not None else "declared",
+                      binned_images=annot.binned_why or "made")
     tid, pid, cid = reader.frame_ids()
     frames = {"trainId": tid, "pulseId": pid, "cellId": cid,
               **annotate.frame_beam_columns(beam_table, tid, cid, cfg)}
-    annot = annotate.AnnotationReducer(len(mods), cfg, beam_table)
+    if binning is not None:
+        # every frame's bin (-1: none), for the technique's products per bin
+        frames["bin"] = binning.frame_bins(tid, frames["pulse_energy"])
     plugin = techniques.get(technique)
     red = plugin.reducer(config, run, seq, frames, reader.train_ids, dict(outputs or {}), prov,
                          static_mask_inputs, where)
@@ -145,8 +152,11 @@ def reduce_sequence(config: dict, run: int | None, seq: int | None, frame_files:
     if missing:
         log.warning("%d frames lack data from some modules (flagged via modules_present and "
                     "MODULE_MISSING mask bits)", missing)
-    write_partials(Path(partial_out), table, images, prov,
-                   groups={"correction_check": check} if check is not None else None)
+    groups = {"correction_check": check} if check is not None else {}
+    binned_images = annot.binned_images()
+    if binned_images is not None:
+        groups["binned_images"] = binned_images
+    write_partials(Path(partial_out), table, images, prov, groups=groups)
     seconds = time.monotonic() - t0
     # CPU of every thread (the reader's included) from the first chunk on: the
     # pass's steady state, without the set-up (imports, constants, engines) before it

@@ -224,18 +224,25 @@ def aggregate_run(config: dict, run: int, partials: Sequence[Path], annotation_f
 
 
 def binning_run(config: dict, run: int, table_files: Sequence[Path], train_files: Sequence[Path], output: Path,
-                technique: str | None = None) -> dict:
+                technique: str | None = None, partials: Sequence[Path] = ()) -> dict:
     """The run's bins (:mod:`xfel_reduce.binning`): axes from its train data, every
     frame of the run table (:meth:`~xfel_reduce.techniques.Technique.frame_table` of
     ``table_files``: the aggregate, or the spectroscopy partials) placed, X-ray frames
-    and hit rate per bin."""
-    from .binning import run_binning, write_binning
+    and hit rate per bin and, from the one pass's ``partials``, the images per bin."""
+    from .binning import merge_binned_images, pass_binning, run_binning, write_binning
 
     table = techniques.get(technique).frame_table([Path(p) for p in table_files])
     b = run_binning(config, run, list(train_files), table)
-    prov = provenance(config, [*table_files, *train_files], step="binning", run=run,
-                      axes={a.name: a.source for a in b.axes})
-    return write_binning(Path(output), b, table, prov, hit_finding=techniques.get(technique).hit_finding)
+    images = merge_binned_images([Path(p) for p in partials])
+    why = ""
+    if images is None:
+        why = pass_binning(config, run, train_files)[1] or "the one pass made none (annotation.binned_images_gb)"
+        if not partials:
+            why = "no detector images (the run's table comes from its spectrometer)"
+    prov = provenance(config, [*table_files, *train_files, *partials], step="binning", run=run,
+                      axes={a.name: a.source for a in b.axes}, images=why or "made")
+    return write_binning(Path(output), b, table, prov, hit_finding=techniques.get(technique).hit_finding,
+                         images=images, images_why=why)
 
 
 def binned_run(config: dict, run: int, technique: str, binning_file: Path, inputs: dict[str, Sequence[Path]],
@@ -293,10 +300,11 @@ def reduce_run_in_process(config: dict, run: int, technique: str | None = None) 
         out["run_files"] = run_out
     if bins_of(config, int(run)):
         out["binning"] = Path(techniques.binning_path(res, int(run)))
-        binning_run(config, int(run), [agg], tfiles, out["binning"], technique)
+        binning_run(config, int(run), [agg], tfiles, out["binning"], technique, partials=partials)
         if plugin.binned_files:
             out["binned"] = Path(plugin.binned_paths(res, int(run))["binned"])
-            binned_run(config, int(run), technique, out["binning"], inputs, out["binned"])
+            binned_run(config, int(run), technique, out["binning"], {**inputs, "static_mask": consts, "train": tfiles},
+                       out["binned"])
     return out
 
 

@@ -478,42 +478,48 @@ class XpcsPartial:
         self.edge_imgs = np.zeros((0, self.index.pixel_index.size))
 
     # -- accumulation -------------------------------------------------------------------
-    def add_train(self, train_id: int, frames: np.ndarray) -> None:
+    def add_train(self, train_id: int, frames: np.ndarray, *also: "XpcsPartial") -> None:
         """Add one train's X-ray frames ``(n, *labels.shape)``, ``n ≤ n_frames``, in
-        pulse order (equally spaced).  Trains must be added in increasing train ID."""
+        pulse order (equally spaced).  Trains must be added in increasing train ID.
+        ``also``: further partials with the same rings (e.g. the train's bin of a binned
+        run) that get the same train, computed once."""
         frames = np.asarray(frames)
         n = frames.shape[0]
         if n == 0:
             return
-        if n > self.n_frames:
-            raise ValueError(f"train {train_id}: {n} frames but the partial was set up for "
-                             f"at most {self.n_frames}; raise n_frames")
-        if self.train_ids.size and int(train_id) <= int(self.train_ids[-1]):
-            raise ValueError(f"train {train_id} added after train {int(self.train_ids[-1])}: "
-                             "add trains in increasing train ID order")
+        for t in (self, *also):
+            if n > t.n_frames:
+                raise ValueError(f"train {train_id}: {n} frames but the partial was set up for "
+                                 f"at most {t.n_frames}; raise n_frames")
+            if t.train_ids.size and int(train_id) <= int(t.train_ids[-1]):
+                raise ValueError(f"train {train_id} added after train {int(t.train_ids[-1])}: "
+                                 "add trains in increasing train ID order")
         x = self.index.take(frames)  # only ROI pixels from here on
         if self.photonize_threshold is not None:
             x = photonize(x, self.photonize_threshold).astype(np.float64)
         c, means = _two_time_gathered(x, self.index)
         ok = np.isfinite(c)
         cz = np.where(ok, c, 0.0)
-        self.tt_sum[:, :n, :n] += cz
-        self.tt_sq[:, :n, :n] += cz * cz
-        self.tt_n[:, :n, :n] += ok
         g2t = g2_from_two_time(c)  # (rings, n)
         okg = np.isfinite(g2t)
         g2z = np.where(okg, g2t, 0.0)
-        self.g2t_sum[:, :n] += g2z
-        self.g2t_sq[:, :n] += g2z * g2z
-        self.g2t_n[:, :n] += okg
         okm = np.isfinite(means)
-        self.frame_mean_sum[:, :n] += np.where(okm, means, 0.0)
-        self.frame_mean_n[:, :n] += okm
-        self._add_contrast(x)
+        contrast = self._contrast_terms(x)
         img = np.nanmean(x, axis=0)
-        self.train_ring_mean = np.vstack(
-            [self.train_ring_mean, self.index.ring_sums(img) / self.index.n_pixels])
-        self._add_inter_train(np.array([train_id], dtype=np.uint64), img[None])
+        ring_mean = self.index.ring_sums(img) / self.index.n_pixels
+        for t in (self, *also):
+            t.tt_sum[:, :n, :n] += cz
+            t.tt_sq[:, :n, :n] += cz * cz
+            t.tt_n[:, :n, :n] += ok
+            t.g2t_sum[:, :n] += g2z
+            t.g2t_sq[:, :n] += g2z * g2z
+            t.g2t_n[:, :n] += okg
+            t.frame_mean_sum[:, :n] += np.where(okm, means, 0.0)
+            t.frame_mean_n[:, :n] += okm
+            for name, v in contrast.items():
+                setattr(t, name, getattr(t, name) + v)
+            t.train_ring_mean = np.vstack([t.train_ring_mean, ring_mean])
+            t._add_inter_train(np.array([train_id], dtype=np.uint64), img[None])
 
     def add_trains(self, train_ids: Sequence[int], frames: np.ndarray) -> None:
         """Add several trains: ``frames`` is ``(n_trains, n, *labels.shape)``."""
@@ -522,12 +528,13 @@ class XpcsPartial:
         for tid, f in zip(train_ids, frames):
             self.add_train(int(tid), f)
 
-    def _add_contrast(self, x: np.ndarray) -> None:
-        """Factorial-moment contrast sums and count histogram for photon counts ``x``."""
+    def _contrast_terms(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Factorial-moment contrast sums and count histogram of photon counts ``x``
+        (what one train adds to the ``fm_*`` sums and ``hist``)."""
         good = np.isfinite(x).all(axis=1)
         x = x[good]
         if not x.size:
-            return
+            return {}
         s1 = self.index.ring_sums(x)  # (frames, rings)
         s2 = self.index.ring_sums(x * x)
         n = self.index.n_pixels.astype(np.float64)
@@ -536,19 +543,16 @@ class XpcsPartial:
         # changes and to the 1/n bias of squaring a sample mean.
         num = (s2 - s1) / n
         den = (s1 * s1 - s2) / (n * (n - 1.0))
-        self.fm_num += num.sum(axis=0)
-        self.fm_den += den.sum(axis=0)
         tn, td = num.sum(axis=0), den.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             beta_t = tn / td - 1.0
         okb = np.isfinite(beta_t)
-        self.fm_beta_sum += np.where(okb, beta_t, 0.0)
-        self.fm_beta_sq += np.where(okb, beta_t, 0.0) ** 2
-        self.fm_beta_n += okb
         counts = np.clip(np.rint(x), 0, self.hist_max).astype(np.int64)
         ring_of_pix = np.repeat(np.arange(self.index.n_rings), self.index.n_pixels)
         flat = (ring_of_pix[None, :] * (self.hist_max + 1) + counts).ravel()
-        self.hist += np.bincount(flat, minlength=self.hist.size).reshape(self.hist.shape)
+        return {"fm_num": tn, "fm_den": td, "fm_beta_sum": np.where(okb, beta_t, 0.0),
+                "fm_beta_sq": np.where(okb, beta_t, 0.0) ** 2, "fm_beta_n": okb,
+                "hist": np.bincount(flat, minlength=self.hist.size).reshape(self.hist.shape)}
 
     def _pair_values(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Symmetric-normalised correlation of train-mean images, per ring."""

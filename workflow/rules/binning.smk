@@ -8,6 +8,8 @@ rule binning:
     input:
         table=lambda w: run_table_files(w.run),
         train=lambda w: train_files(w.run),
+        # the one pass's partials hold the images per bin (not for JUNGFRAU runs)
+        partials=lambda w: [] if is_jungfrau_run(int(w.run)) else expand(PARTIAL_FILE, run=w.run, seq=sequences(w.run)),
     output: BINNING_FILE
     params: technique=lambda w: technique(w.run)
     wildcard_constraints:
@@ -21,8 +23,7 @@ rule binning:
 
 
 def binned_inputs(w):
-    files = plugin(w.run).sequence_paths(RESULTS, int(w.run), sequences(w.run))
-    return {**files, "binning": expand(BINNING_FILE, run=w.run)[0]}
+    return {**gather_inputs(technique(w.run))(w), "binning": expand(BINNING_FILE, run=w.run)[0]}
 
 
 # One rule per technique with binned products (`saxs_binned`, `spectroscopy_binned`):

@@ -29,7 +29,9 @@ def ring_labels(config: dict, run: int, static_mask_inputs: Sequence[Path]):
 
 
 class XpcsReducer:
-    """Correlation sums of a sequence's X-ray frames (train by train)."""
+    """Correlation sums of a sequence's X-ray frames (train by train); in a binned run
+    also per bin (``frames["bin"]``: the bins decided before the pass), each train
+    computed once and added to the run's sums and to its bin's."""
 
     def __init__(self, config: dict, run: int, frames: Mapping[str, np.ndarray], outputs: Mapping[str, Path],
                  provenance: dict, static_mask_inputs: Sequence[Path]):
@@ -40,16 +42,22 @@ class XpcsReducer:
         # The two-time matrix size must be the same in every chunk of the run.
         n_frames = int(cfg.get("frames_per_train") or np.bincount(
             np.unique(frames["trainId"], return_inverse=True)[1], weights=frames["xray"]).max())
-        self.part = xpcs.XpcsPartial(labels, n_frames=n_frames, max_train_lag=int(cfg.get("max_train_lag", 10)),
-                                     photonize_threshold=cfg.get("photonize_threshold", 0.5))
+        self._new = lambda: xpcs.XpcsPartial(labels, n_frames=n_frames,
+                                             max_train_lag=int(cfg.get("max_train_lag", 10)),
+                                             photonize_threshold=cfg.get("photonize_threshold", 0.5))
+        self.part = self._new()
         self.output, self.provenance = Path(outputs["partial"]), provenance
+        self.train_bin, self.binned_why = train_bins(frames)
+        self.bins: dict[int, object] = {}
 
     def add(self, chunk, rows: Mapping[str, np.ndarray]) -> None:
         xray = np.asarray(rows["xray"], bool)
         for tid in np.unique(chunk.train_ids):
             sel = (chunk.train_ids == tid) & xray
             if sel.any():
-                self.part.add_train(int(tid), chunk.data[sel])
+                b = self.train_bin.get(int(tid), -1)
+                also = (self.bins.setdefault(b, self._new()),) if b >= 0 else ()
+                self.part.add_train(int(tid), chunk.data[sel], *also)
 
     def finish(self) -> dict:
         from ..io.euxfel import AtomicH5File
@@ -58,10 +66,27 @@ class XpcsReducer:
         with AtomicH5File(self.output) as f:
             attach_provenance(f, self.provenance)
             self.part.to_h5(f.create_group("xpcs_partial"))
-        return {}
+            f.attrs["binned"] = self.binned_why or "made"
+            for b, part in sorted(self.bins.items()):
+                part.to_h5(f.create_group(f"xpcs_bins/{b:05d}"))
+        return {"bins_with_trains": len(self.bins)} if self.bins else {}
 
     def abort(self) -> None:
         pass
+
+
+def train_bins(frames: Mapping[str, np.ndarray]) -> tuple[dict[int, int], str]:
+    """``(train → bin, why not)``: g2 per bin needs every train's X-ray frames in
+    one bin (train-level axes); an ``xgm`` axis splits trains, so then none."""
+    if "bin" not in frames:
+        return {}, "run not binned"
+    x = np.asarray(frames["xray"], bool)
+    tid, b = np.asarray(frames["trainId"])[x], np.asarray(frames["bin"])[x]
+    out: dict[int, int] = {}
+    for t, v in zip(tid.tolist(), b.tolist()):
+        if out.setdefault(t, v) != v:
+            return {}, "X-ray frames of one train in different bins (an xgm axis): g2 per bin needs train-level axes"
+    return out, ""
 
 
 @register
@@ -71,6 +96,7 @@ class Xpcs(Technique):
     sequence_files = {"partial": "r{run}/xpcs/partials/S{seq}.h5"}
     run_files = {"xpcs": "r{run}/xpcs/xpcs.h5"}
     product_files = {"xpcs": ["xpcs"]}
+    binned_files = {"binned": "r{run}/xpcs/xpcs_binned.h5"}
 
     @classmethod
     def report_inputs(cls, results, run, seqs) -> dict:
@@ -99,6 +125,56 @@ class Xpcs(Technique):
                                                             pulse_spacing_s=pulse_spacing))
         log.info("r%04d xpcs: %d rings", run, len(q_rings))
         return ana
+
+
+    def binned(self, config, run, binning_file, inputs, output, provenance) -> dict:
+        """g2 per ring and bin (the partials' per-bin sums merged over the sequences),
+        with the diffusion coefficient per bin as the observable."""
+        import h5py
+
+        from .. import xpcs
+        from ..binning import read_binning, write_binned
+
+        bins = read_binning(binning_file)
+        merged: dict[int, xpcs.XpcsPartial] = {}
+        why = ""
+        for p in inputs["partial"]:
+            with h5py.File(p, "r") as f:
+                why = str(f.attrs.get("binned", "made"))
+                for name, g in f.get("xpcs_bins", {}).items():
+                    part = xpcs.XpcsPartial.from_h5(g)
+                    b = int(name)
+                    check_train_bins(bins, part.train_ids, b, p)
+                    merged[b] = merged[b].merge(part) if b in merged else part
+        if not merged:
+            raise ValueError(f"run {run}: no XPCS sums per bin in the partials ({why}); rerun the one pass")
+        _, q_rings = ring_labels(config, run, inputs["static_mask"])
+        spacing = pulse_spacing_s(config, inputs["train"])
+        train_spacing = float(config.get("xpcs", {}).get("train_spacing_s", 0.1))
+        n_rings, n_frames = q_rings.size, next(iter(merged.values())).n_frames
+        g2 = np.full((bins.n_bins, n_rings, n_frames), np.nan)
+        g2_err = np.full_like(g2, np.nan)
+        d, d_err, trains = np.full(bins.n_bins, np.nan), np.full(bins.n_bins, np.nan), np.zeros(bins.n_bins, np.int64)
+        for b, part in merged.items():
+            ana = xpcs.analyse(part, q_rings, spacing, train_spacing, fit_inter_train=False)
+            g2[b], g2_err[b] = ana["g2"], ana["g2_err"]
+            d[b] = ana["diffusion"].get("D_m2_per_s", np.nan)
+            d_err[b] = ana["diffusion"].get("D_err", np.nan)
+            trains[b] = part.train_ids.size
+        tau = np.arange(n_frames) * spacing
+        groups = {f"g2_ring{i:02d}": (g2[:, i], g2_err[:, i]) for i in range(n_rings)}
+        return write_binned(output, bins, "xpcs", tau, "tau", "s", groups, {"trains": trains},
+                            {"name": "D", "unit": "m²/s", "values": d, "errors": d_err}, provenance,
+                            attrs={"q_nm": np.asarray(q_rings, np.float64)})
+
+
+def check_train_bins(bins, train_ids: np.ndarray, b: int, where) -> None:
+    """The trains of a per-bin partial must lie in that bin of ``binning.h5`` (the bins
+    of the one pass and of the binning step are the same, or a config changed)."""
+    placed = np.unique(bins.frame_bin[np.isin(bins.train_id, np.asarray(train_ids, np.uint64))])
+    if placed.size and not np.array_equal(placed, [b]):
+        raise ValueError(f"{where}: XPCS sums of bin {b} hold trains that binning.h5 places in bins "
+                         f"{placed.tolist()}; the bins changed since the one pass — rerun it")
 
 
 def pulse_spacing_s(config: dict, train_files: Sequence[Path]) -> float:
