@@ -113,6 +113,12 @@ def test_engine_per_frame_mask_and_nan_match_pyfai_dummy(engine):
         ref = _pyfai(engine, dummy, dummy=-1.0, delta_dummy=0.5)
         np.testing.assert_allclose(intensity[i], ref.intensity, rtol=1e-5, atol=0)
         np.testing.assert_allclose(sigma[i], ref.sigma, rtol=1e-5, atol=0)
+    # frames picked in place by index: the same numbers as the frames copied out
+    picked, picked_sigma = engine.integrate(frames, mask, empty=0.0, index=[1])
+    np.testing.assert_array_equal(picked, intensity[1:])
+    np.testing.assert_array_equal(picked_sigma, sigma[1:])
+    with pytest.raises(IndexError):
+        engine.integrate(frames, mask, index=[2])
 
 
 def test_static_mask_matches_pyfai_mask(geom):

@@ -158,19 +158,19 @@ def test_slurm_profile_end_to_end(slurm: SlurmCluster, local_reference: dict[str
 
 def _demo_config(tmp: Path) -> Path:
     """The default config (the demo beamtime: all techniques) redirected to tmp, with the
-    SPI, SFX and SAXS runs at half their trains and the delay scan at half its
+    SPI, SFX, XPCS and SAXS runs at half their trains and the delay scan at half its
     trains per step."""
     repo = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
     cfg["proposal_dir"] = str(tmp / "p900001")
     cfg["results_dir"] = str(tmp / "results")
-    # Fewer trains in the SPI, SFX and SAXS runs (same sequences per run, so the DAG,
+    # Fewer trains in the SPI, SFX, XPCS and SAXS runs (same sequences per run, so the DAG,
     # rules and groups are those of the default config): the test is about scheduling
     # and identical results, and the full demo twice took 25 min of the suite.
     for r in cfg["simulate"]["runs"]:
         if "delay_scan" in r:  # a delay scan's trains are its steps: fewer per step
             r["delay_scan"]["trains_per_step"] = max(3, r["delay_scan"]["trains_per_step"] // 2)
-        elif r.get("type") in ("spi", "sfx", "saxs"):
+        elif r.get("type") in ("spi", "sfx", "xpcs", "saxs"):
             n_seq = -(-r["trains"] // r["trains_per_sequence"])
             r["trains"] = max(n_seq, r["trains"] // 2)
             r["trains_per_sequence"] = -(-r["trains"] // n_seq)

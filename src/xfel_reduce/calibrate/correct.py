@@ -49,26 +49,41 @@ def _correct_agipd(raw, cells, thresholds, offset, inv_gain, badpix, saturation,
         y = k % ny
         c = cells[i]
         a_row, d_row = raw[i, 0, y], raw[i, 1, y]
-        t0, t1 = thresholds[0, c, y], thresholds[1, c, y]
-        o0, o1, o2 = offset[0, c, y], offset[1, c, y], offset[2, c, y]
-        g0, g1, g2 = inv_gain[0, c, y], inv_gain[1, c, y], inv_gain[2, c, y]
-        b0, b1, b2 = badpix[0, c, y], badpix[1, c, y], badpix[2, c, y]
+        t0, o0, g0, b0 = thresholds[0, c, y], offset[0, c, y], inv_gain[0, c, y], badpix[0, c, y]
         r = dest[i]
         orow, grow, mrow = out[r, slot, y], gain_out[r, slot, y], mask_out[r, slot, y]
+        # Nearly all rows hold high-gain pixels only (96.6 % of the rows, 99.97 % of
+        # the pixels in the demo's SAXS run): correct the row as high gain with the
+        # high-gain constants alone, 29 bytes per pixel read and written instead of
+        # the 57 of selecting among the stages (a select loads every stage's
+        # constants), and count the pixels that are not; only a row with such pixels
+        # is corrected again with the selects.  Measured on the demo's SAXS module
+        # frames, one thread: 0.49 -> 0.13 ms per module frame, bit-identical; a row
+        # mix with 30 % low-gain pixels everywhere costs 1.16x the select-only loop.
+        n_low = 0
         bad = 0
-        # selects instead of branches: the gain stage changes from pixel to pixel
-        # with the signal, and mispredicted jumps cost more than the loads
         for x in range(nx):
-            a = a_row[x]
-            d = np.float32(d_row[x])
-            s0 = d < t0[x]
-            s1 = d < t1[x]
-            o = o0[x] if s0 else (o1[x] if s1 else o2[x])
-            gi = g0[x] if s0 else (g1[x] if s1 else g2[x])
-            m = b0[x] if s0 else (b1[x] if s1 else b2[x])
-            g = 0 if s0 else (1 if s1 else 2)
-            m |= _OUT_OF_RANGE if (g == 2) & (a >= saturation) else np.uint32(0)
-            bad += _store(orow, grow, mrow, x, (np.float32(a) - o) * gi, g, m)
+            n_low += 0 if np.float32(d_row[x]) < t0[x] else 1
+            bad += _store(orow, grow, mrow, x, (np.float32(a_row[x]) - o0[x]) * g0[x], 0, b0[x])
+        if n_low:
+            bad = 0
+            # the stage picked by selects, not branches: the stage changes from pixel
+            # to pixel with the signal, and mispredicted jumps cost more than the loads
+            t1 = thresholds[1, c, y]
+            o1, o2 = offset[1, c, y], offset[2, c, y]
+            g1, g2 = inv_gain[1, c, y], inv_gain[2, c, y]
+            b1, b2 = badpix[1, c, y], badpix[2, c, y]
+            for x in range(nx):
+                a = a_row[x]
+                d = np.float32(d_row[x])
+                s0 = d < t0[x]
+                s1 = d < t1[x]
+                o = o0[x] if s0 else (o1[x] if s1 else o2[x])
+                gi = g0[x] if s0 else (g1[x] if s1 else g2[x])
+                m = b0[x] if s0 else (b1[x] if s1 else b2[x])
+                g = 0 if s0 else (1 if s1 else 2)
+                m |= _OUT_OF_RANGE if (g == 2) & (a >= saturation) else np.uint32(0)
+                bad += _store(orow, grow, mrow, x, (np.float32(a) - o) * gi, g, m)
         nan_rows[k] = bad
 
 

@@ -34,12 +34,18 @@ def integrate_frames(engine: AzimuthalEngine, acc: SaxsAccumulator, chunk, frame
     xray = np.asarray(frames["xray"], bool)
     if not xray.any():
         return None
-    data, mask = chunk.data[xray], chunk.mask[xray]
-    if user_mask is not None:
-        mask = mask | (np.asarray(user_mask).reshape(engine.frame_shape) != 0).astype(np.uint32)
     ppl = np.asarray(frames["ppl"], bool)[xray]
     energy = np.asarray(frames["pulse_energy"], np.float64)[xray]
-    intensity, sigma = engine.integrate(data, mask)
+    index = np.flatnonzero(xray)
+    data = mask = None
+    if keep_image or user_mask is not None:
+        data, mask = chunk.data[xray], chunk.mask[xray]
+        if user_mask is not None:
+            mask = mask | (np.asarray(user_mask).reshape(engine.frame_shape) != 0).astype(np.uint32)
+        intensity, sigma = engine.integrate(data, mask)
+    else:
+        # the X-ray frames integrated where they are in the chunk: no copy of them
+        intensity, sigma = engine.integrate(chunk.data, chunk.mask, index=index)
     if xgm_normalise:
         if np.any(~(energy > 0)):
             bad = int(np.flatnonzero(~(energy > 0))[0])

@@ -36,16 +36,16 @@ def _store_sums(out, f, acc, bad, n_bins):  # pragma: no cover - numba
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _scatter_nosplit(frames, mask, use_mask, bins, wpix, n_bins, out):  # pragma: no cover - numba
+def _scatter_nosplit(frames, mask, index, use_mask, bins, wpix, n_bins, out):  # pragma: no cover - numba
     """No pixel splitting: pixel ``p`` goes wholly to bin ``bins[p]`` (−1 = none)."""
-    n_frames = frames.shape[0]
+    n_frames = index.shape[0]
     n_pix = frames.shape[1]
     one = np.float32(1.0)
     for f in prange(n_frames):
         acc = np.zeros((n_bins, 2), dtype=np.float64)
         bad = np.zeros((n_bins, 2), dtype=np.float64)
-        row = frames[f]
-        mrow = mask[f] if use_mask else mask[0]
+        row = frames[index[f]]
+        mrow = mask[index[f]] if use_mask else mask[0]
         for p in range(n_pix):
             b = bins[p]
             if b < 0:
@@ -63,7 +63,7 @@ def _scatter_nosplit(frames, mask, use_mask, bins, wpix, n_bins, out):  # pragma
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _scatter_banded(frames, mask, use_mask, first, coefs, wcoefs, n_bins, out):  # pragma: no cover - numba
+def _scatter_banded(frames, mask, index, use_mask, first, coefs, wcoefs, n_bins, out):  # pragma: no cover - numba
     """Split matrix whose pixels each feed a run of consecutive bins.
 
     Bounding-box splitting along one radial axis always gives such runs; pixel
@@ -71,15 +71,15 @@ def _scatter_banded(frames, mask, use_mask, first, coefs, wcoefs, n_bins, out): 
     padded).  Fixed-width rows need no per-pixel pointer and let the compiler
     unroll the short inner loop — measured ~25 % faster than the generic CSC loop.
     """
-    n_frames = frames.shape[0]
+    n_frames = index.shape[0]
     n_pix = frames.shape[1]
     width = coefs.shape[1]
     one = np.float32(1.0)
     for f in prange(n_frames):
         acc = np.zeros((n_bins + width, 2), dtype=np.float64)
         bad = np.zeros((n_bins + width, 2), dtype=np.float64)
-        row = frames[f]
-        mrow = mask[f] if use_mask else mask[0]
+        row = frames[index[f]]
+        mrow = mask[index[f]] if use_mask else mask[0]
         for p in range(n_pix):
             r = first[p]
             if r < 0:
@@ -100,16 +100,16 @@ def _scatter_banded(frames, mask, use_mask, first, coefs, wcoefs, n_bins, out): 
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _scatter_csc(frames, mask, use_mask, colptr, rows, coefs, wcoefs, n_bins, out):  # pragma: no cover - numba
+def _scatter_csc(frames, mask, index, use_mask, colptr, rows, coefs, wcoefs, n_bins, out):  # pragma: no cover - numba
     """General (split) matrix stored by pixel: entries ``colptr[p]:colptr[p+1]``."""
-    n_frames = frames.shape[0]
+    n_frames = index.shape[0]
     n_pix = frames.shape[1]
     one = np.float32(1.0)
     for f in prange(n_frames):
         acc = np.zeros((n_bins, 2), dtype=np.float64)
         bad = np.zeros((n_bins, 2), dtype=np.float64)
-        row = frames[f]
-        mrow = mask[f] if use_mask else mask[0]
+        row = frames[index[f]]
+        mrow = mask[index[f]] if use_mask else mask[0]
         for p in range(n_pix):
             k0 = colptr[p]
             k1 = colptr[p + 1]
@@ -357,8 +357,10 @@ class AzimuthalEngine:
         return cls(integrator, npt, integrator.detector.shape, **kwargs)
 
     # ------------------------------------------------------------------
-    def integrate_sums(self, frames: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """Per-bin sums for a batch of frames.
+    def integrate_sums(self, frames: np.ndarray, mask: np.ndarray | None = None,
+                       index: np.ndarray | None = None) -> np.ndarray:
+        """Per-bin sums for a batch of frames (or for the frames ``index`` of it:
+        integrating a chunk's X-ray frames in place, without copying them out).
 
         Returns
         -------
@@ -368,14 +370,17 @@ class AzimuthalEngine:
             ``sum_normalization``.
         """
         x = self._as_batch(frames)
-        n = x.shape[0]
+        index = np.arange(x.shape[0]) if index is None else np.asarray(index, np.int64)
+        if index.size and (index.min() < 0 or index.max() >= x.shape[0]):
+            raise IndexError(f"frame index out of range for {x.shape[0]} frames")
+        n = index.size
         if mask is not None:
             m = np.asarray(mask)
-            if m.shape[0] != n or m[0].size != x.shape[1]:
+            if m.shape[0] != x.shape[0] or m[0].size != x.shape[1]:
                 raise ValueError(f"mask shape {m.shape} does not match frames {np.shape(frames)}")
             if m.dtype == np.bool_:
                 m = m.view(np.uint8)
-            m = np.ascontiguousarray(m.reshape(n, -1))
+            m = np.ascontiguousarray(m.reshape(x.shape[0], -1))
             use_mask = True
         else:
             m = np.zeros((1, 1), dtype=np.uint8)
@@ -383,11 +388,11 @@ class AzimuthalEngine:
         raw = np.empty((n, 4, self.npt), dtype=np.float64)
         if n:
             if self._nosplit:
-                _scatter_nosplit(x, m, use_mask, self._bins, self._pix_norm, self.npt, raw)
+                _scatter_nosplit(x, m, index, use_mask, self._bins, self._pix_norm, self.npt, raw)
             elif self._banded:
-                _scatter_banded(x, m, use_mask, self._first, self._band_coefs, self._band_wcoefs, self.npt, raw)
+                _scatter_banded(x, m, index, use_mask, self._first, self._band_coefs, self._band_wcoefs, self.npt, raw)
             else:
-                _scatter_csc(x, m, use_mask, self._colptr, self._rows, self._coefs, self._wcoefs, self.npt, raw)
+                _scatter_csc(x, m, index, use_mask, self._colptr, self._rows, self._coefs, self._wcoefs, self.npt, raw)
         out = np.empty((n, 3, self.npt), dtype=np.float64)
         out[:, :2] = raw[:, :2]
         out[:, 2] = self._static_norm - raw[:, 2]
@@ -397,7 +402,8 @@ class AzimuthalEngine:
         return out
 
     def integrate(
-        self, frames: np.ndarray, mask: np.ndarray | None = None, empty: float = np.nan
+        self, frames: np.ndarray, mask: np.ndarray | None = None, empty: float = np.nan,
+        index: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Azimuthally integrate a batch of frames.
 
@@ -411,13 +417,15 @@ class AzimuthalEngine:
         empty
             Value for bins without any valid pixel (pyFAI uses 0; NaN is the
             honest choice for averaging and fitting).
+        index
+            Optional: integrate only these frames of the batch (in this order).
 
         Returns
         -------
         intensity, sigma : numpy.ndarray
             float64 ``(N, npt)``: ``I = Σc·x / Σc·ω`` and Poisson ``σ = √Σc²·max(1,x) / Σc·ω``.
         """
-        sums = self.integrate_sums(frames, mask)
+        sums = self.integrate_sums(frames, mask, index)
         return self.sums_to_profile(sums, empty)
 
     @staticmethod
