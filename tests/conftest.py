@@ -17,12 +17,30 @@ from xfel_reduce.io.trains import train_files
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(tmp: Path) -> dict:
-    cfg = yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text())
+def tiny_config(tmp: Path, name: str = "tiny.yaml") -> dict:
+    """A config of ``tests/data`` with its proposal, results and gain constants in ``tmp``."""
+    cfg = yaml.safe_load((REPO / "tests" / "data" / name).read_text())
     cfg["proposal_dir"] = str(tmp / "p900001")
     cfg["results_dir"] = str(tmp / "results")
     cfg["calibration"]["gain_constants"] = str(tmp / "p900001" / "calib" / "agipd_gain_constants.h5")
     return cfg
+
+
+def simulate_and_reduce(cfg: dict, run: int) -> dict:
+    """Simulate the config's darks and ``run``, reduce the run in process
+    (:func:`xfel_reduce.steps.reduce_run_in_process`); its outputs, config, truth.json
+    and RAW folder."""
+    import json
+
+    pd = Path(cfg["proposal_dir"])
+    if not (pd / "calib" / "agipd_gain_constants.h5").exists():
+        steps.simulate_detector(cfg)
+    for r in (*cfg["calibration"]["dark_runs"], run):
+        if not (pd / "truth" / f"r{r:04d}" / "truth.json").exists():  # darks: once per proposal
+            steps.simulate_run(cfg, r)
+    out = steps.reduce_run_in_process(cfg, run)
+    truth = json.loads((pd / "truth" / f"r{run:04d}" / "truth.json").read_text())
+    return {**out, "cfg": cfg, "truth": truth, "raw_dir": pd / "raw" / f"r{run:04d}"}
 
 
 def reduce_run(cfg: dict, run: int) -> dict:

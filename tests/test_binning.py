@@ -19,9 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import yaml
 
-from conftest import REPO
+from conftest import simulate_and_reduce, tiny_config
 from xfel_reduce import binning, steps
 from xfel_reduce.config import ConfigError
 from xfel_reduce.io.trains import open_train_data, train_files
@@ -49,9 +48,7 @@ def _step_at(delays: list[float], t0: float) -> float:
 def saxs_scan(tmp_path_factory) -> dict:
     """The SAXS delay scan, simulated and reduced (one pass, binning, binned products)."""
     tmp = tmp_path_factory.mktemp("saxs_scan")
-    cfg = yaml.safe_load((REPO / "tests" / "data" / "tiny_techniques.yaml").read_text())
-    cfg["proposal_dir"], cfg["results_dir"] = str(tmp / "p900001"), str(tmp / "results")
-    cfg["calibration"]["gain_constants"] = str(tmp / "p900001" / "calib" / "agipd_gain_constants.h5")
+    cfg = tiny_config(tmp, "tiny_techniques.yaml")
     cfg["simulate"]["runs"] = [r for r in cfg["simulate"]["runs"] if r.get("type") == "dark" or int(r["run"]) < 4]
     cfg["simulate"]["runs"].append({
         "run": SAXS_RUN, "type": "saxs", "instrument": "MID", "trains_per_sequence": 50, "distance_m": 5.0,
@@ -62,15 +59,10 @@ def saxs_scan(tmp_path_factory) -> dict:
                     # EXtra's guessed min_trains (half the mean step) cut a step of this
                     # short scan; its docs advise setting it per motor
                     "bins": [{"axis": "delay", "ref_stage_mm": REF_STAGE_MM, "min_trains": 3}]}]
-    steps.simulate_detector(cfg)
-    for r in (1, 2, 3, SAXS_RUN):
-        steps.simulate_run(cfg, r)
-    out = steps.reduce_run_in_process(cfg, SAXS_RUN)
-    pd = Path(cfg["proposal_dir"])
-    truth = json.loads((pd / "truth" / f"r{SAXS_RUN:04d}" / "truth.json").read_text())
-    with h5py.File(pd / "truth" / f"r{SAXS_RUN:04d}" / "truth.h5") as f:
-        trains = {k: f["trains"][k][()] for k in f["trains"]}
-    return {**out, "cfg": cfg, "truth": truth, "trains": trains, "raw_dir": pd / "raw" / f"r{SAXS_RUN:04d}"}
+    out = simulate_and_reduce(cfg, SAXS_RUN)
+    with h5py.File(Path(cfg["proposal_dir"]) / "truth" / f"r{SAXS_RUN:04d}" / "truth.h5") as f:
+        out["trains"] = {k: f["trains"][k][()] for k in f["trains"]}
+    return out
 
 
 def _kinetics(path: Path) -> dict:

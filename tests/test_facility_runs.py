@@ -172,13 +172,14 @@ def write_train_files(raw_dir: Path, run: int, b: Beam, n_trains: int, *,
                       timeserver: str | None, xgm: str | None, extra_xgms: tuple[str, ...] = (),
                       control: str | None = None, control_aggregator: str = "AGIPD1MCTRL00",
                       agipd_class: str = "AgipdComposite", no_timeserver: tuple[int, ...] = (),
-                      da_first_part: int = 16, ctrl_first_part: int = 10) -> None:
+                      da_first_part: int = 16, ctrl_first_part: int = 10, gain_mode: int = 0) -> None:
     """DA01 (timeserver, XGMs) and the AGIPD control aggregator of a run.
 
     ``timeserver`` is the device's output (``…/TSYS/TIMESERVER:outputBunchPattern``),
     ``xgm`` the XGM device; ``extra_xgms`` are further XGM devices with the same data
     (tunnel XGMs beside the instrument's own). The AGIPD control runs 4.5 MHz, one slot
-    per frame (integrationTime 15 clocks), N_FRAMES frames from pulse 0.
+    per frame (integrationTime 15 clocks), N_FRAMES frames from pulse 0, in adaptive gain
+    unless ``gain_mode`` (``gainModeIndex``) says otherwise.
     """
     raw_dir.mkdir(parents=True, exist_ok=True)
     trains = np.arange(FIRST, FIRST + n_trains)
@@ -206,8 +207,12 @@ def write_train_files(raw_dir: Path, run: int, b: Beam, n_trains: int, *,
             ptype = "expType" if agipd_class == "Agipd2Composite" else "patternType"
             dev.extra_run_values = [("classId", None, agipd_class), ("deviceId", None, control),
                                     (ptype, None, "XRay")]
-            write_file(str(raw_dir / f"RAW-R{run:04d}-{control_aggregator}-S{seq:05d}.h5"), [dev],
-                       ntrains=n, firsttrain=FIRST + first, chunksize=1, format_version="1.2")
+            path = raw_dir / f"RAW-R{run:04d}-{control_aggregator}-S{seq:05d}.h5"
+            write_file(str(path), [dev], ntrains=n, firsttrain=FIRST + first, chunksize=1, format_version="1.2")
+            if gain_mode:  # a fixed-gain dark (gainModeIndex 1–3; the mock records 0, adaptive)
+                with h5py.File(path, "r+") as f:
+                    for grp in (f"CONTROL/{control}/", f"RUN/{control}/"):
+                        f[grp + "gainModeIndex/value"][()] = gain_mode
 
 
 # -- detector files ------------------------------------------------------------------------
@@ -832,3 +837,80 @@ def test_agipd_workflow_builds_dag_at_instrument(tmp_path, name):
     assert jobs["summary"] == 1 and jobs["report"] == 2      # calibration and annotation
     # The control aggregator is among the annotation's train-level inputs.
     assert f"RAW-R{run:04d}-{ctrl_agg}-S00000.h5" in res.stdout + res.stderr
+
+
+def fill_agipd_raw(raw_dir: Path, stage: int, seed: int, photons: float = 0.0) -> None:
+    """Replace the zeros of extra-data's AGIPD module mocks by detector-like words: analog
+    offset and noise, the digital level of gain ``stage`` (as a fixed-gain dark has it),
+    and Poisson photons at 60 ADU each in high gain."""
+    rng = np.random.default_rng(seed)
+    for path in sorted(raw_dir.glob("RAW-*-AGIPD[0-9][0-9]-S*.h5")):
+        with h5py.File(path, "r+") as f:
+            ds = next(f["INSTRUMENT"][s]["image/data"] for s in _module_groups(f))
+            n = ds.shape[0]
+            analog = 5000.0 + 300 * stage + rng.normal(0, 8, (n, 512, 128)) + 60 * rng.poisson(photons, (n, 512, 128))
+            digital = [4600, 6400, 8200][stage] + rng.normal(0, 25, (n, 512, 128))
+            ds[:, 0] = np.clip(np.rint(analog), 0, 16383).astype(np.uint16)
+            ds[:, 1] = np.clip(np.rint(digital), 0, 65535).astype(np.uint16)
+
+
+def _module_groups(f) -> list[str]:
+    out = []
+    f["INSTRUMENT"].visit(lambda name: out.append(name.rsplit("/image/data", 1)[0])
+                          if name.endswith("image/data") else None)
+    return out
+
+
+def test_agipd500k_raw_run_reduces_end_to_end(tmp_path):
+    """The HED AGIPD 500K as the facility's writers lay it out (extra-data's module mocks,
+    the control in AGIPD500K2G00 as an Agipd2Composite without firstPulse, expType):
+    darks, the one pass and a SAXS reduction with the 500K's geometry run through the
+    workflow from RAW, and the X-ray frames are extra-redu's."""
+    pd = tmp_path / "p900001"
+    run = 20
+    family, detector, ctrl_agg, cls = INSTRUMENT_DETECTORS["HED"]
+    raw = pd / "raw" / f"r{run:04d}"
+    write_instrument_run(raw, run, "HED")
+    fill_agipd_raw(raw, 0, seed=run, photons=0.05)
+    prof = INSTRUMENTS["HED"]
+    for dark in (1, 2, 3):
+        d = pd / "raw" / f"r{dark:04d}"
+        write_raw_detector(d, dark, family, detector, 4)
+        fill_agipd_raw(d, dark - 1, seed=dark)
+        write_train_files(d, dark, make_beam(prof.sase, ppl_bit_value(prof.ppl_bit), 4, seed=dark), 4,
+                          timeserver=prof.timeserver, xgm=prof.xgm, control=prof.agipd_control,
+                          control_aggregator=ctrl_agg, agipd_class=cls, gain_mode=dark)
+    # relative gains as the facility provides them (here: the simulator's detector truth)
+    gain = pd / "calib" / "agipd_gain_constants.h5"
+    steps.simulate_detector({"proposal_dir": str(pd), "calibration": {"gain_constants": str(gain)},
+                             "simulate": {"modules": list(MODULES), "memory_cells": N_FRAMES, "seed": 1}})
+    results = tmp_path / "results"
+    cfg = {
+        "proposal_dir": str(pd), "results_dir": str(results), "instrument": "HED",
+        "modules": list(MODULES), "runs": [{"run": run, "technique": "saxs"}],
+        "geometry": {"detector": "AGIPD500K", "distance_m": 5.0, "photon_energy_kev": 9.3},
+        "calibration": {"source": "raw", "dark_runs": [1, 2, 3], "memory_cells": N_FRAMES,
+                        "gain_constants": str(gain)},
+        "annotation": {}, "simulate": {"enabled": False},
+    }
+    res = snakemake(cfg, tmp_path)
+    assert res.returncode == 0, failure_text(res, results)
+    base = results / f"r{run:04d}"
+    t = read_frame_table(base / "annotation" / f"REDU-R{run:04d}-ANNOT-S00000.h5", sources.ANNOTATION_SOURCE)
+    tids, cells = t["trainId"].astype(np.uint64), t["cellId"].astype(np.int64)
+    n, e, known = oracle_xray(raw, tids, cells, control=prof.agipd_control, timeserver=prof.timeserver,
+                              xgm_output=prof.xgm_output)
+    assert known.all() and t["xray"].any()
+    np.testing.assert_array_equal(t["xray"], n > 0)
+    np.testing.assert_array_equal(t["pulse_energy"], e)
+    # the photons planted: 0.05 per pixel in every frame (masked pixels aside)
+    per_frame = t["photons"] / (len(MODULES) * 512 * 128)
+    assert np.median(per_frame) == pytest.approx(0.05, rel=0.2)
+    # a flat 0.05 photons per pixel: I(q) is flat at 0.05 (solid angle and polarisation
+    # normalised to 1 at normal incidence; at 5 m the detector is nearly normal)
+    with h5py.File(base / "saxs" / "saxs_nxcansas.h5") as f:
+        intensity = f["xfel_reduce/all/I"][()]
+    assert np.isfinite(intensity).all()
+    assert np.mean(intensity) == pytest.approx(0.05, rel=0.05)
+    verdict = json.loads((base / "reports" / "saxs.verdict.json").read_text())
+    assert verdict["overall"] in ("pass", "warn", "fail") and verdict["checks"]

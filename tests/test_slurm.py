@@ -158,8 +158,8 @@ def test_slurm_profile_end_to_end(slurm: SlurmCluster, local_reference: dict[str
 
 def _demo_config(tmp: Path) -> Path:
     """The default config (the demo beamtime: all techniques) redirected to tmp, with the
-    SPI, SFX, XPCS and SAXS runs at half their trains and the delay scan at half its
-    trains per step."""
+    SPI, SFX, XPCS and SAXS runs and the darks at half their trains and the delay scan
+    at half its trains per step."""
     repo = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
     cfg["proposal_dir"] = str(tmp / "p900001")
@@ -174,6 +174,8 @@ def _demo_config(tmp: Path) -> Path:
             n_seq = -(-r["trains"] // r["trains_per_sequence"])
             r["trains"] = max(n_seq, r["trains"] // 2)
             r["trains_per_sequence"] = -(-r["trains"] // n_seq)
+    dark = cfg["simulate"]["dark"]
+    dark["trains"] = max(8, dark["trains"] // 2)
     cal = cfg["calibration"]
     cal["gain_constants"] = str(tmp / "p900001" / "calib" / "agipd_gain_constants.h5")
     cal["jungfrau"]["gain_constants"] = str(tmp / "p900001" / "calib" / "jungfrau_gain_constants.h5")

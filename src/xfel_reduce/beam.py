@@ -42,6 +42,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import euxfel_bunch_pattern as ebp
 
+from .detectors.agipd import AGIPD1M, AGIPD500K, CONTROL_CLASSES
 from .io import discovery as disc
 from .io import sources as _sources
 
@@ -499,7 +500,8 @@ def read_detector_timing(run, control: str) -> DetectorTiming:
     cls = disc.device_class(run, control)
     n_frames = int(_run_value(run, control, "bunchStructure.nPulses"))
     n_frames = min(n_frames, MAX_FRAMES)
-    first = 0 if cls == "Agipd2Composite" else int(_run_value(run, control, "bunchStructure.firstPulse", 0))
+    kind = CONTROL_CLASSES.get(cls, AGIPD1M)  # an unrecorded class: the 1M's keys
+    first = 0 if kind is AGIPD500K else int(_run_value(run, control, "bunchStructure.firstPulse", 0))
     rate = _run_value(run, control, "bunchStructure.repetitionRate", None)
     if rate is None:
         rate = 4.5
@@ -513,7 +515,7 @@ def read_detector_timing(run, control: str) -> DetectorTiming:
         itime = CLOCKS_PER_PULSE
         notes.append(f"{control} has no integrationTime: one bunch slot per frame assumed")
     exposure = min(int(math.ceil(float(itime) / CLOCKS_PER_PULSE)), stride)
-    ptype = _run_value(run, control, "expType" if cls == "Agipd2Composite" else "patternType", None)
+    ptype = _run_value(run, control, kind.pattern_type_key, None)
     return DetectorTiming(control, n_frames, first, float(rate), stride, float(itime), exposure,
                           cls, ptype, tuple(notes))
 

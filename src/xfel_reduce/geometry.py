@@ -19,18 +19,14 @@ from typing import Sequence
 
 import numpy as np
 
+from .detectors.agipd import MODULE_SHAPE as AGIPD_MODULE_SHAPE
+from .detectors.agipd import configured as configured_detector
+from .detectors.agipd import detector as agipd_detector
+
 #: h·c in keV·nm, so λ[nm] = HC_KEV_NM / E[keV].
 HC_KEV_NM = 1.2398419843320026
 
-#: Quadrant positions (mm) of the AGIPD 1M at SPB used when the config gives none.
-DEFAULT_QUAD_POS_MM: tuple[tuple[float, float], ...] = (
-    (-525.0, 625.0),
-    (-550.0, -10.0),
-    (520.0, -160.0),
-    (542.5, 475.0),
-)
-
-MODULE_SHAPE = (512, 128)
+MODULE_SHAPE = AGIPD_MODULE_SHAPE
 
 
 def wavelength_nm(photon_energy_kev: float) -> float:
@@ -41,32 +37,33 @@ def wavelength_nm(photon_energy_kev: float) -> float:
 def agipd_geometry(
     quad_positions: Sequence[Sequence[float]] | None = None,
     geom_file: str | Path | None = None,
+    detector: str = "AGIPD1M",
+    origin_px: Sequence[float] | None = None,
 ):
-    """Build an AGIPD 1M geometry.
+    """Build an AGIPD 1M or 500K geometry.
 
     Parameters
     ----------
     quad_positions
-        Four (x, y) quadrant corner positions in mm (extra-geom convention).
+        AGIPD 1M: four (x, y) quadrant corner positions in mm (extra-geom convention).
     geom_file
-        A CrystFEL ``.geom`` file; takes precedence over ``quad_positions``.
+        A CrystFEL ``.geom`` file; takes precedence over the positions.
+    detector
+        ``AGIPD1M`` or ``AGIPD500K`` (:mod:`xfel_reduce.detectors.agipd`).
+    origin_px
+        AGIPD 500K: extra-geom's ``from_origin`` argument in pixels (default: the beam
+        in the middle of the detector).
 
     Returns
     -------
-    extra_geom.AGIPD_1MGeometry
+    extra_geom.AGIPD_1MGeometry or extra_geom.AGIPD_500K2GGeometry
     """
-    from extra_geom import AGIPD_1MGeometry
+    return agipd_detector(detector).geometry(quad_positions, origin_px, geom_file)
 
-    if geom_file:
-        path = Path(geom_file)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"geometry file {path} does not exist: set geometry.geom_file in the "
-                "config to a CrystFEL .geom file, or leave it empty to use quad_positions"
-            )
-        return AGIPD_1MGeometry.from_crystfel_geom(str(path))
-    quads = quad_positions if quad_positions is not None else DEFAULT_QUAD_POS_MM
-    return AGIPD_1MGeometry.from_quad_positions([tuple(q) for q in quads])
+
+def detector_of_config(config: dict):
+    """The AGIPD kind of the config (``geometry.detector``, default AGIPD 1M)."""
+    return configured_detector(config.get("geometry"))
 
 
 def geometry_from_config(geometry_cfg: dict):
@@ -74,6 +71,8 @@ def geometry_from_config(geometry_cfg: dict):
     return agipd_geometry(
         quad_positions=geometry_cfg.get("quad_positions"),
         geom_file=geometry_cfg.get("geom_file") or None,
+        detector=geometry_cfg.get("detector") or "AGIPD1M",
+        origin_px=geometry_cfg.get("origin_px"),
     )
 
 
@@ -81,11 +80,15 @@ def pixel_positions(geom, distance_m: float, modules: Sequence[int] | None = Non
     """Pixel-centre positions in metres, shape ``(n_modules, 512, 128, 3)``.
 
     ``z`` includes the sample–detector distance.  ``modules`` selects a subset of
-    module numbers (0–15) in the given order.
+    module numbers (0–15 on an AGIPD 1M, 0–7 on a 500K) in the given order.
     """
     pos = np.asarray(geom.get_pixel_positions(), dtype=np.float64).copy()
     pos[..., 2] += float(distance_m)
     if modules is not None:
+        bad = [int(m) for m in modules if not 0 <= int(m) < pos.shape[0]]
+        if bad:
+            raise ValueError(f"modules {bad} are not in the {type(geom).__name__} ({pos.shape[0]} modules): "
+                             "check `modules` and geometry.detector in the config")
         pos = pos[list(modules)]
     return pos
 

@@ -91,6 +91,7 @@ def reduce_sequence(config: dict, run: int | None, seq: int | None, frame_files:
     from .binning import pass_binning
     from .calibrate.agipd import CorrWriter
     from .calibrate.check import CorrectionHistogram
+    from .detectors.agipd import check_geometry_detector
     from .steps import sequence_beam
 
     mods = modules_of(config)
@@ -98,6 +99,7 @@ def reduce_sequence(config: dict, run: int | None, seq: int | None, frame_files:
     reader = sequence_reader(config, frame_files, constants, with_gain=raw_input)
     where = (f"r{int(run):04d} S{int(seq):05d} " if run is not None and seq is not None else "") + \
         f"({Path(frame_files[0]).parent})"
+    check_geometry_detector(config.get("geometry"), [sd.source for sd in reader.sources.values()], where)
     cfg = annotate.AnnotationConfig.from_dict(config.get("annotation"))
     beam_table = sequence_beam(config, train_files, reader.train_ids, cfg.xray_frames, raw_dir)
     # bins decided from the run's train data: the same in every sequence

@@ -291,8 +291,10 @@ def reduce_run_in_process(config: dict, run: int, technique: str | None = None) 
         write_annotation(config, int(run), seq, p, thr, a)
         annots.append(a)
     agg = Path(techniques.aggregate_path(res, int(run)))
-    aggregate_run(config, int(run), partials, annots, agg, technique=technique)
     inputs = {k: [o[k] for o in seq_out] for k in plugin.sequence_files}
+    # as the aggregate rule: the technique's own hits (SFX peak counts) merged in
+    aggregate_run(config, int(run), partials, annots, agg, technique=technique,
+                  hit_tables=inputs[plugin.hit_table] if plugin.hit_table else ())
     out: dict[str, object] = {"partials": partials, "annotation": annots, "aggregate": agg, "sequence_files": inputs}
     if plugin.run_files:
         run_out = {k: Path(v) for k, v in plugin.run_paths(res, int(run)).items()}

@@ -4,8 +4,8 @@ Layout (one file per run chunk; only hit frames are written)::
 
     /cxi_version                                   150
     /entry_1/data_1/data                           soft link → detector_1/data
-    /entry_1/instrument_1/detector_1/data          float32 (N, 16·512, 128), photons
-    /entry_1/instrument_1/detector_1/mask          uint32  (N, 16·512, 128), 0 = good
+    /entry_1/instrument_1/detector_1/data          float32 (N, modules·512, 128), photons
+    /entry_1/instrument_1/detector_1/mask          uint32  (N, modules·512, 128), 0 = good
     /entry_1/instrument_1/detector_1/distance      m
     /entry_1/instrument_1/source_1/energy          J
     /entry_1/trainId, pulseId, cellId              (N,)
@@ -14,7 +14,7 @@ Layout (one file per run chunk; only hit frames are written)::
     /entry_1/result_1/peakTotalIntensity           float32 (N, max_peaks)
     /entry_1/result_1/peakNPixels, peakSNR         (N, max_peaks)
 
-The detector array is the "slab" of all 16 AGIPD modules stacked along slow scan,
+The detector array is the "slab" of all AGIPD modules (16 of a 1M, 8 of a 500K) stacked along slow scan,
 whatever modules were processed: CrystFEL needs one fixed layout matching the
 ``.geom`` file, and module ``m`` always sits at rows ``m·512 … m·512+511``.  Modules
 that were not processed are zero and flagged bad (``MISSING_MODULE``) in the mask.
@@ -60,8 +60,8 @@ class CxiHitWriter(StreamingWriter):
     path
         Output file.
     modules
-        Module numbers (0–15) of the stacked axis of the frames passed to
-        :meth:`append`, in order.
+        Module numbers (0 … ``n_modules`` − 1) of the stacked axis of the frames passed
+        to :meth:`append`, in order.
     provenance
         Provenance record (see :func:`xfel_reduce.io.provenance.provenance`).
     max_peaks
@@ -70,15 +70,19 @@ class CxiHitWriter(StreamingWriter):
         Written as CXI metadata when given.
     compression
         h5py compression for the image data (``None``, ``"gzip"``, ``"lzf"``).
+    n_modules
+        Modules of the whole detector, i.e. of the slab (16: AGIPD 1M, 8: AGIPD 500K).
     """
 
     def __init__(self, path: str | os.PathLike, *, modules: Sequence[int], provenance: dict,
                  max_peaks: int = 2048, photon_energy_kev: float | None = None,
-                 distance_m: float | None = None, compression: str | None = None):
+                 distance_m: float | None = None, compression: str | None = None,
+                 n_modules: int = AGIPD_MODULES):
         self.path = Path(path)
         self.modules = [int(m) for m in modules]
-        if not self.modules or min(self.modules) < 0 or max(self.modules) >= AGIPD_MODULES:
-            raise ValueError(f"modules {self.modules} must be AGIPD module numbers 0–15")
+        self.n_modules = int(n_modules)
+        if not self.modules or min(self.modules) < 0 or max(self.modules) >= self.n_modules:
+            raise ValueError(f"modules {self.modules} must be module numbers 0–{self.n_modules - 1}")
         if len(set(self.modules)) != len(self.modules):
             raise ValueError(f"modules {self.modules} contain duplicates")
         self.max_peaks = int(max_peaks)
@@ -87,7 +91,7 @@ class CxiHitWriter(StreamingWriter):
         try:
             attach_provenance(f, provenance)
             f["cxi_version"] = 150
-            h, w = AGIPD_MODULES * MODULE_SHAPE[0], MODULE_SHAPE[1]
+            h, w = self.n_modules * MODULE_SHAPE[0], MODULE_SHAPE[1]
             det = f.require_group("entry_1/instrument_1/detector_1")
             # One chunk per module frame: CrystFEL and viewers read frame by frame.
             kw = dict(chunks=(1,) + MODULE_SHAPE, maxshape=(None, h, w), compression=compression)
@@ -150,8 +154,8 @@ class CxiHitWriter(StreamingWriter):
         lo, hi = self.n_frames, self.n_frames + n
         for key in ("data", "mask"):
             f[DATA_PATH if key == "data" else MASK_PATH].resize(hi, axis=0)
-        slab = np.zeros((n, AGIPD_MODULES) + MODULE_SHAPE, np.float32)
-        slab_mask = np.full((n, AGIPD_MODULES) + MODULE_SHAPE, MISSING_MODULE, np.uint32)
+        slab = np.zeros((n, self.n_modules) + MODULE_SHAPE, np.float32)
+        slab_mask = np.full((n, self.n_modules) + MODULE_SHAPE, MISSING_MODULE, np.uint32)
         slab[:, self.modules] = data
         slab_mask[:, self.modules] = 0 if mask is None else np.asarray(mask).astype(np.uint32)
         f[DATA_PATH][lo:hi] = slab.reshape(n, -1, MODULE_SHAPE[1])
@@ -225,7 +229,8 @@ def write_crystfel_geom(geom, path: str | os.PathLike, *, photon_energy_kev: flo
     Parameters
     ----------
     geom
-        ``extra_geom.AGIPD_1MGeometry`` (all 16 modules).
+        ``extra_geom.AGIPD_1MGeometry`` or ``AGIPD_500K2GGeometry`` (all modules: the
+        slab of :class:`CxiHitWriter` with the same ``n_modules``).
     photon_energy_kev, distance_m
         Beam energy and detector distance (``photon_energy``, ``clen``).
     adu_per_photon

@@ -44,10 +44,6 @@ def da_filename(run: int, sequence: int) -> str:
     return f"RAW-R{run:04d}-DA01-S{sequence:05d}.h5"
 
 
-#: Aggregator of the AGIPD 1M control device (its own files, own sequence numbering).
-AGIPD_CTRL_AGGREGATOR = "AGIPD1MCTRL00"
-
-
 def aggregator_filename(run: int, aggregator: str, sequence: int) -> str:
     """``RAW-R0042-AGIPD1MCTRL00-S00000.h5`` and the like."""
     return f"RAW-R{run:04d}-{aggregator}-S{sequence:05d}.h5"

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import geometry
 from ..config import InstrumentProfile, instrument_profile, ppl_bit_value
+from ..detectors.agipd import check_modules
 from ..io import sources
 from ..io.atomic import write_json
 from ..io.euxfel import AtomicH5File, EuXFELWriter, write_h5
@@ -103,7 +104,18 @@ def expected_files(proposal_dir: Path, sim_cfg: dict, run_cfg: dict) -> list[Pat
     for seq in range(plan["n_sequences"]):
         out += [run_dir / sources.raw_filename(plan["run"], m, seq) for m in module_list(sim_cfg)]
     return out + [run_dir / sources.da_filename(plan["run"], 0),
-                  run_dir / sources.aggregator_filename(plan["run"], sources.AGIPD_CTRL_AGGREGATOR, 0)]
+                  run_dir / sources.aggregator_filename(plan["run"], agipd_kind(plan["instrument"]).control_aggregator, 0)]
+
+
+def agipd_kind(profile: InstrumentProfile):
+    """The AGIPD (1M or 500K) of an instrument, which a simulated AGIPD run there writes."""
+    from ..config import ConfigError
+    from ..detectors.agipd import detector_of_name
+
+    if not profile.agipd:
+        raise ConfigError(f"simulate: instrument {profile.name} has no AGIPD; simulate AGIPD runs at "
+                          "SPB, MID (AGIPD 1M) or HED (AGIPD 500K)")
+    return detector_of_name(profile.agipd)
 
 
 def detector_truths(sim_cfg: dict) -> list[ModuleTruth]:
@@ -230,7 +242,9 @@ def simulate_run(
             f"run {run}: {beam_cfg.frames_per_train} frames per train but the simulated "
             f"detector has only {n_cells} memory cells (simulate.memory_cells)"
         )
-    geom = geometry.agipd_geometry(sim_cfg.get("quad_positions"))
+    kind = agipd_kind(plan["instrument"])
+    check_modules(kind, modules, f"simulate.modules (run {run} at {plan['instrument'].name})")
+    geom = kind.geometry(sim_cfg.get("quad_positions"), sim_cfg.get("origin_px"))
     ctx = SceneContext(
         positions=geometry.pixel_positions(geom, plan["distance_m"], modules),
         modules=modules,
@@ -390,19 +404,26 @@ def _datasets(group) -> list:
 def write_train_data(run_dir: Path, run: int, plan: dict, profile: InstrumentProfile, gain_mode: int,
                      xgm_rows: list[dict[str, np.ndarray]], bp_rows: list[np.ndarray], prov: dict,
                      **meta: Any) -> list[Path]:
-    """The run's train-level aggregators: DA01 (timeserver, XGM) and AGIPD1MCTRL00
-    (AGIPD control), each one sequence over all trains of the run."""
+    """The run's train-level aggregators: DA01 (timeserver, XGM) and the AGIPD control's
+    (AGIPD1MCTRL00, or AGIPD500K2G00 for the 500K), each one sequence over all trains."""
     tids = plan["first_train_id"] + np.arange(plan["n_trains"], dtype=np.uint64)
     beam_cfg: BeamConfig = plan["beam"]
     with EuXFELWriter(run_dir / sources.da_filename(run, 0), tids, prov, run=run, **meta) as da:
         add_beam_sources(da, tids.size, plan["photon_energy_kev"], profile)
         fill_beam_sources(da, xgm_rows, bp_rows, profile)
         add_delay_stage(da, plan)
-    ctrl_path = run_dir / sources.aggregator_filename(run, sources.AGIPD_CTRL_AGGREGATOR, 0)
+    kind = agipd_kind(profile)
+    ctrl_path = run_dir / sources.aggregator_filename(run, kind.control_aggregator, 0)
+    values = agipd_control_values(beam_cfg, gain_mode, tids.size)
+    if kind.control_class == "Agipd2Composite":  # the 500K's control records no firstPulse
+        if beam_cfg.first_pulse:
+            raise ValueError(f"simulated run {run}: the {kind.name} control records no firstPulse, so readers "
+                             f"take 0; beam.first_pulse {beam_cfg.first_pulse} cannot be simulated there")
+        values.pop("bunchStructure.firstPulse")
     with EuXFELWriter(ctrl_path, tids, prov, run=run, **meta) as ctrl:
-        ctrl.add_control(profile.agipd_control, agipd_control_values(beam_cfg, gain_mode, tids.size),
-                         run_values={"classId": "AgipdComposite",
-                                     "patternType": "XRay" if beam_cfg.xray else "Dark",
+        ctrl.add_control(profile.agipd_control, values,
+                         run_values={"classId": kind.control_class,
+                                     kind.pattern_type_key: "XRay" if beam_cfg.xray else "Dark",
                                      "deviceId": profile.agipd_control})
     return [run_dir / sources.da_filename(run, 0), ctrl_path]
 

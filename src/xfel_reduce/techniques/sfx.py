@@ -31,7 +31,8 @@ class SfxReducer:
         self.writer = cxi.CxiHitWriter(outputs["cxi"], modules=mods, provenance=self.provenance,
                                        max_peaks=params.max_num_peaks, photon_energy_kev=setup["photon_energy_kev"],
                                        distance_m=setup["distance_m"],
-                                       compression=config.get("sfx", {}).get("cxi_compression"))
+                                       compression=config.get("sfx", {}).get("cxi_compression"),
+                                       n_modules=geometry.detector_of_config(config).n_modules)
         self.parts: list[dict[str, np.ndarray]] = []
 
     def add(self, chunk, rows: Mapping[str, np.ndarray]) -> None:
