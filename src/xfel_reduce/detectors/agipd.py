@@ -116,6 +116,17 @@ def configured(geometry_cfg: dict | None) -> AgipdDetector:
     return detector((geometry_cfg or {}).get("detector") or "AGIPD1M")
 
 
+def geometry_from_crystfel(path: str | Path):
+    """An AGIPD geometry from a CrystFEL ``.geom`` file, 1M or 500K by its panels
+    (``p0`` … ``p15`` or ``p0`` … ``p7``, as extra-geom writes them)."""
+    text = Path(path).read_text()
+    panels = {int(m) for m in re.findall(r"^p(\d+)a\d+/", text, re.MULTILINE)}
+    kind = next((d for d in DETECTORS.values() if len(panels) == d.n_modules), None)
+    if kind is None:
+        raise ValueError(f"{path}: {len(panels)} AGIPD panels; an AGIPD 1M has 16, a 500K 8")
+    return kind.geometry(geom_file=path)
+
+
 def detector_of_name(detector_name: str) -> AgipdDetector:
     """The AGIPD kind of a detector name (``HED_DET_AGIPD500K2G`` → AGIPD 500K)."""
     for d in DETECTORS.values():
