@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import euxfel_bunch_pattern as ebp
 
-from .detectors.agipd import AGIPD1M, AGIPD500K, CONTROL_CLASSES
+from .detectors.agipd import AGIPD1M, CONTROL_CLASSES
 from .io import discovery as disc
 from .io import sources as _sources
 
@@ -501,7 +501,7 @@ def read_detector_timing(run, control: str) -> DetectorTiming:
     n_frames = int(_run_value(run, control, "bunchStructure.nPulses"))
     n_frames = min(n_frames, MAX_FRAMES)
     kind = CONTROL_CLASSES.get(cls, AGIPD1M)  # an unrecorded class: the 1M's keys
-    first = 0 if kind is AGIPD500K else int(_run_value(run, control, "bunchStructure.firstPulse", 0))
+    first = 0 if kind.first_pulse_key is None else int(_run_value(run, control, kind.first_pulse_key, 0))
     rate = _run_value(run, control, "bunchStructure.repetitionRate", None)
     if rate is None:
         rate = 4.5

@@ -68,11 +68,10 @@ def detector_of_config(config: dict):
 
 def geometry_from_config(geometry_cfg: dict):
     """Geometry from the ``geometry`` section of the workflow config."""
-    return agipd_geometry(
+    return configured_detector(geometry_cfg).geometry(
         quad_positions=geometry_cfg.get("quad_positions"),
-        geom_file=geometry_cfg.get("geom_file") or None,
-        detector=geometry_cfg.get("detector") or "AGIPD1M",
         origin_px=geometry_cfg.get("origin_px"),
+        geom_file=geometry_cfg.get("geom_file") or None,
     )
 
 

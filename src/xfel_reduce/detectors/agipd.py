@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..io.discovery import DETECTOR_FAMILIES, DetectorFamily
+
 MODULE_SHAPE = (512, 128)
 PIXEL_SIZE_M = 200e-6
 
@@ -48,30 +50,38 @@ class AgipdDetector:
     Attributes
     ----------
     name
-        ``AGIPD1M`` or ``AGIPD500K`` (the ``geometry.detector`` config value, and the
-        family names of :mod:`xfel_reduce.io.discovery`).
-    n_modules
-        Modules of the full detector.
+        ``AGIPD1M`` or ``AGIPD500K``: the ``geometry.detector`` config value and the
+        family of :mod:`xfel_reduce.io.discovery` (whose name pattern and module count
+        it uses).
     control_aggregator
         Aggregator of the control device's files.
     control_class
         ``classId`` of the control device.
-    name_pattern
-        Regex matching the detector part of its source names.
     pattern_type_key
         The control's run value naming the pattern type (``XRay``, ``Dark``): the
         ``Agipd2Composite`` calls it ``expType`` (extra-redu's lit-frame finder reads it).
+    first_pulse_key
+        The control's first-pulse key; ``None`` where it records none (the 500K: 0).
     """
 
     name: str
-    n_modules: int
     control_aggregator: str
     control_class: str
-    name_pattern: str
     pattern_type_key: str = "patternType"
+    first_pulse_key: str | None = "bunchStructure.firstPulse"
+
+    @property
+    def family(self) -> DetectorFamily:
+        return next(f for f in DETECTOR_FAMILIES if f.family == self.name)
+
+    @property
+    def n_modules(self) -> int:
+        """Modules of the full detector."""
+        return self.family.n_modules
 
     def matches(self, detector_name: str) -> bool:
-        return re.fullmatch(self.name_pattern, detector_name) is not None
+        """Whether ``detector_name`` (the part of a source name before ``/DET/``) is this kind."""
+        return re.fullmatch(self.family.name_pattern, detector_name) is not None
 
     def geometry(self, quad_positions: Sequence[Sequence[float]] | None = None,
                  origin_px: Sequence[float] | None = None, geom_file: str | Path | None = None):
@@ -94,8 +104,8 @@ class AgipdDetector:
         return cls.from_origin(origin=tuple(float(v) for v in origin))
 
 
-AGIPD1M = AgipdDetector("AGIPD1M", 16, "AGIPD1MCTRL00", "AgipdComposite", r"[^/]+_AGIPD1M[^/]*")
-AGIPD500K = AgipdDetector("AGIPD500K", 8, "AGIPD500K2G00", "Agipd2Composite", r"[^/]+AGIPD500K[^/]*", "expType")
+AGIPD1M = AgipdDetector("AGIPD1M", "AGIPD1MCTRL00", "AgipdComposite")
+AGIPD500K = AgipdDetector("AGIPD500K", "AGIPD500K2G00", "Agipd2Composite", "expType", first_pulse_key=None)
 DETECTORS: dict[str, AgipdDetector] = {d.name: d for d in (AGIPD1M, AGIPD500K)}
 #: The kinds by the ``classId`` of their control device.
 CONTROL_CLASSES: dict[str, AgipdDetector] = {d.control_class: d for d in DETECTORS.values()}
@@ -127,12 +137,17 @@ def geometry_from_crystfel(path: str | Path):
     return kind.geometry(geom_file=path)
 
 
+def kind_of_name(detector_name: str) -> AgipdDetector | None:
+    """The AGIPD kind of a detector name (``HED_DET_AGIPD500K2G`` → AGIPD 500K), or None."""
+    return next((d for d in DETECTORS.values() if d.matches(detector_name)), None)
+
+
 def detector_of_name(detector_name: str) -> AgipdDetector:
-    """The AGIPD kind of a detector name (``HED_DET_AGIPD500K2G`` → AGIPD 500K)."""
-    for d in DETECTORS.values():
-        if d.matches(detector_name):
-            return d
-    raise ValueError(f"{detector_name!r} is not the name of an AGIPD 1M or 500K")
+    """:func:`kind_of_name` for a name that must be an AGIPD's."""
+    kind = kind_of_name(detector_name)
+    if kind is None:
+        raise ValueError(f"{detector_name!r} is not the name of an AGIPD 1M or 500K")
+    return kind
 
 
 def check_modules(det: AgipdDetector, modules: Sequence[int], where: str = "modules") -> None:
@@ -154,12 +169,12 @@ def check_geometry_detector(geometry_cfg: dict | None, source_names: Sequence[st
     kind = configured(geometry_cfg)
     for name in source_names:
         head = str(name).split("/", 1)[0]
-        for d in DETECTORS.values():
-            if d.matches(head) and d is not kind:
-                from ..config import ConfigError
+        found = kind_of_name(head)
+        if found is not None and found is not kind:
+            from ..config import ConfigError
 
-                raise ConfigError(
-                    f"{where}: the run's detector is {head} (an {d.name}) but geometry.detector is "
-                    f"{kind.name}{'' if (geometry_cfg or {}).get('detector') else ' (the default)'}: "
-                    f"set geometry.detector: {d.name} in the config")
+            raise ConfigError(
+                f"{where}: the run's detector is {head} (an {found.name}) but geometry.detector is "
+                f"{kind.name}{'' if (geometry_cfg or {}).get('detector') else ' (the default)'}: "
+                f"set geometry.detector: {found.name} in the config")
     return kind

@@ -36,7 +36,6 @@ def integrate_frames(engine: AzimuthalEngine, acc: SaxsAccumulator, chunk, frame
         return None
     ppl = np.asarray(frames["ppl"], bool)[xray]
     energy = np.asarray(frames["pulse_energy"], np.float64)[xray]
-    index = np.flatnonzero(xray)
     data = mask = None
     if keep_image or user_mask is not None:
         data, mask = chunk.data[xray], chunk.mask[xray]
@@ -45,7 +44,7 @@ def integrate_frames(engine: AzimuthalEngine, acc: SaxsAccumulator, chunk, frame
         intensity, sigma = engine.integrate(data, mask)
     else:
         # the X-ray frames integrated where they are in the chunk: no copy of them
-        intensity, sigma = engine.integrate(chunk.data, chunk.mask, index=index)
+        intensity, sigma = engine.integrate(chunk.data, chunk.mask, index=np.flatnonzero(xray))
     if xgm_normalise:
         if np.any(~(energy > 0)):
             bad = int(np.flatnonzero(~(energy > 0))[0])

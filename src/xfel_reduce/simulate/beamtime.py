@@ -415,7 +415,7 @@ def write_train_data(run_dir: Path, run: int, plan: dict, profile: InstrumentPro
     kind = agipd_kind(profile)
     ctrl_path = run_dir / sources.aggregator_filename(run, kind.control_aggregator, 0)
     values = agipd_control_values(beam_cfg, gain_mode, tids.size)
-    if kind.control_class == "Agipd2Composite":  # the 500K's control records no firstPulse
+    if kind.first_pulse_key is None:  # the 500K's control records no firstPulse
         if beam_cfg.first_pulse:
             raise ValueError(f"simulated run {run}: the {kind.name} control records no firstPulse, so readers "
                              f"take 0; beam.first_pulse {beam_cfg.first_pulse} cannot be simulated there")
